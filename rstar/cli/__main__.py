@@ -1,0 +1,5 @@
+import sys
+
+from rstar.cli import main
+
+sys.exit(main())
