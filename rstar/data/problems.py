@@ -115,7 +115,9 @@ def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
         raise ProblemFileError(f"{path}: unknown problem file format {suffix!r} (use .jsonl, .json or .parquet)")
 
 
-def _iter_hub(dataset_id: str, split: str, subset: str | None) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def _iter_hub(
+    dataset_id: str, split: str, subset: str | None
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a core dependency
