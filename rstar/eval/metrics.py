@@ -1,0 +1,254 @@
+"""Accuracy arithmetic: per-problem results, majority votes, PPM picks, the unbiased pass@k, per-cell summaries.
+
+Everything here is pure and deterministic so that tests can check it exactly with scripted answers:
+
+- `majority_vote(answers)`: answers are grouped by the grader's equivalence key (`rstar.verify.answer.answer_key`), so
+  `0.5`, `1/2` and `\\frac{1}{2}` vote together. Samples without an answer do not vote. **Ties** go to the group whose
+  first member came earliest in sample order (sample i is drawn with a seed derived from the problem id and i, so
+  the order, and therefore the winner, is reproducible). The winning group's first answer string is the prediction.
+- `best_by_score(answers, scores)`: the highest-scoring sample that has an answer; ties to the earliest sample.
+- `pass_at_k(n, c, k)`: the unbiased estimator of Chen et al. (2021), `1 - C(n-c, k) / C(n, k)`: the probability that
+  at least one of k samples drawn without replacement from the n generated (c of them correct) is correct.
+- `summarize(results)`: one `CellSummary` per (benchmark, mode, budget): accuracy (errors count as wrong), mean
+  pass@1 (= c/n) and pass@k (k = the budget), tokens and wall time per problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProblemResult:
+    """The outcome of one problem under one (benchmark, mode, budget) cell; one row of `results.parquet`.
+
+    `n_samples` / `n_correct` count the finished trajectories the mode produced and how many reached a correct
+    answer (for pass@k); `answers` / `scores` list every sample's answer (None: no answer) and PPM score (None: not
+    scored) in sample order. `tokens` counts every token the policy generated for this problem, pruned candidates
+    included. `wall_time_s` is the problem's share of its batch's wall time. `error` is set when the problem could not
+    be evaluated (e.g. the model server was unreachable); such a problem counts as wrong.
+    """
+
+    benchmark: str
+    mode: str
+    budget: int
+    problem_id: str
+    problem: str
+    gold: str
+    prediction: str | None
+    correct: bool
+    n_samples: int = 0
+    n_correct: int = 0
+    tokens: int = 0
+    wall_time_s: float = 0.0
+    level: str | None = None
+    subject: str | None = None
+    score: float | None = None  # PPM score of the trajectory whose answer was picked (BoN, beam, MCTS)
+    votes: int | None = None  # support of the picked answer (maj, mcts-topk)
+    answers: tuple[str | None, ...] = ()
+    scores: tuple[float | None, ...] = ()
+    grade_method: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["answers"] = list(self.answers)
+        row["scores"] = list(self.scores)
+        row.pop("extra")
+        return row
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Estimators and answer selection
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: `1 - C(n-c, k) / C(n, k)`, computed as a stable product.
+
+    k larger than n is clamped to n (with fewer samples than k, "any of the n is correct" is the best estimate).
+    """
+    if n < 0 or c < 0 or c > n or k < 1:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if n == 0:
+        return 0.0
+    k = min(k, n)
+    if n - c < k:
+        return 1.0
+    prob_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_wrong *= 1.0 - k / i
+    return 1.0 - prob_all_wrong
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The outcome of a majority vote: the winning answer, its support and where its group first appeared."""
+
+    answer: str | None
+    count: int
+    voters: int  # samples that had an answer
+    first_index: int | None  # sample index of the winning group's first member
+    tally: dict[str, int] = field(default_factory=dict, compare=False)
+
+
+def majority_vote(answers: Sequence[str | None], key: Callable[[str], str] | None = None) -> Vote:
+    """Most common answer by equivalence key; ties to the group that appeared first; None answers do not vote."""
+    keyf = key if key is not None else _default_key
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(answers):
+        if a is None or not str(a).strip():
+            continue
+        groups.setdefault(keyf(a), []).append(i)
+    if not groups:
+        return Vote(None, 0, 0, None, {})
+    # max over (count, -first index): the largest group, the earliest among equals.
+    best_key = max(groups, key=lambda k: (len(groups[k]), -groups[k][0]))
+    first = groups[best_key][0]
+    return Vote(
+        answer=answers[first],
+        count=len(groups[best_key]),
+        voters=sum(len(v) for v in groups.values()),
+        first_index=first,
+        tally={k: len(v) for k, v in groups.items()},
+    )
+
+
+def best_by_score(answers: Sequence[str | None], scores: Sequence[float | None]) -> int | None:
+    """Index of the highest-scoring sample that has an answer and a score; ties to the earliest; None if none."""
+    if len(answers) != len(scores):
+        raise ValueError("answers and scores must have the same length")
+    best: int | None = None
+    for i, (a, s) in enumerate(zip(answers, scores, strict=True)):
+        if a is None or s is None:
+            continue
+        if best is None or s > scores[best]:  # type: ignore[operator]
+            best = i
+    return best
+
+
+def top_k_majority(answers: Sequence[str | None], scores: Sequence[float | None], k: int, key=None) -> Vote:
+    """The reference's MCTS answer rule: majority vote over the k highest-scoring answered samples.
+
+    Candidates are ranked by score (ties: earlier sample first); the vote among the top k breaks its own ties by that
+    rank order, so with k=1 this is `best_by_score`.
+    """
+    if k < 1:
+        raise ValueError(f"top_k_majority needs k >= 1, got {k}")
+    ranked = sorted(
+        (i for i, (a, s) in enumerate(zip(answers, scores, strict=True)) if a is not None and s is not None),
+        key=lambda i: (-scores[i], i),  # type: ignore[operator]
+    )[:k]
+    vote = majority_vote([answers[i] for i in ranked], key=key)
+    first = None if vote.first_index is None else ranked[vote.first_index]
+    return Vote(vote.answer, vote.count, vote.voters, first, vote.tally)
+
+
+def _default_key(answer: str) -> str:
+    from rstar.verify.answer import answer_key
+
+    return answer_key(answer)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """Aggregate of one (benchmark, mode, budget) cell: the numbers the table and the scaling curve show."""
+
+    benchmark: str
+    mode: str
+    budget: int
+    problems: int
+    correct: int
+    accuracy: float  # correct / problems; problems with an error count as wrong
+    pass_at_1: float  # mean c/n over problems (0 for a problem with no finished sample)
+    pass_at_k: float  # mean unbiased pass@budget
+    errors: int
+    mean_tokens: float
+    mean_wall_time_s: float
+    total_wall_time_s: float
+    answered: int  # problems with a prediction
+
+    @property
+    def label(self) -> str:
+        return mode_label(self.mode, self.budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["label"] = self.label
+        return d
+
+
+def mode_label(mode: str, budget: int) -> str:
+    """`greedy`, `maj@8`, `bon@16`, `beam@4`, `mcts@8`, `mcts-topk@8`."""
+    return mode if mode == "greedy" else f"{mode}@{budget}"
+
+
+def summarize(results: Iterable[ProblemResult]) -> list[CellSummary]:
+    """One summary per (benchmark, mode, budget) cell, in first-seen order."""
+    cells: dict[tuple[str, str, int], list[ProblemResult]] = {}
+    for r in results:
+        cells.setdefault((r.benchmark, r.mode, r.budget), []).append(r)
+    return [summarize_cell(rs) for rs in cells.values()]
+
+
+def summarize_cell(rs: Sequence[ProblemResult]) -> CellSummary:
+    if not rs:
+        raise ValueError("summarize_cell needs at least one result")
+    first = rs[0]
+    n = len(rs)
+    correct = sum(r.correct for r in rs)
+    p1 = [r.n_correct / r.n_samples if r.n_samples else 0.0 for r in rs]
+    pk = [pass_at_k(r.n_samples, r.n_correct, r.budget) if r.n_samples else 0.0 for r in rs]
+    total_time = sum(r.wall_time_s for r in rs)
+    return CellSummary(
+        benchmark=first.benchmark,
+        mode=first.mode,
+        budget=first.budget,
+        problems=n,
+        correct=correct,
+        accuracy=correct / n,
+        pass_at_1=sum(p1) / n,
+        pass_at_k=sum(pk) / n,
+        errors=sum(r.error is not None for r in rs),
+        mean_tokens=sum(r.tokens for r in rs) / n,
+        mean_wall_time_s=total_time / n,
+        total_wall_time_s=total_time,
+        answered=sum(r.prediction is not None for r in rs),
+    )
+
+
+def breakdown(results: Iterable[ProblemResult], by: str) -> list[dict[str, Any]]:
+    """Accuracy per (benchmark, mode, budget, group) where group is a result attribute (`level` or `subject`).
+
+    Results without a value for `by` are left out (only MATH500 has levels and subjects).
+    """
+    groups: dict[tuple[str, str, int, str], list[bool]] = {}
+    for r in results:
+        value = getattr(r, by)
+        if value is None:
+            continue
+        groups.setdefault((r.benchmark, r.mode, r.budget, str(value)), []).append(r.correct)
+    rows = [
+        {
+            "benchmark": b,
+            "mode": m,
+            "budget": k,
+            "label": mode_label(m, k),
+            by: g,
+            "problems": len(v),
+            "correct": sum(v),
+            "accuracy": sum(v) / len(v),
+        }
+        for (b, m, k, g), v in groups.items()
+    ]
+    return sorted(rows, key=lambda d: (d["benchmark"], d["mode"], d["budget"], _natural(d[by])))
+
+
+def _natural(text: str) -> tuple[int, Any]:
+    return (0, int(text)) if text.isdigit() else (1, text)
