@@ -119,7 +119,7 @@ class NgramIndex:
         self.sizes: dict[str, int] = {}
         self.grams: dict[tuple[str, ...], list[tuple[str, str]]] = {}
         self.short_lengths: set[int] = set()  # lengths of benchmark questions shorter than n, matched whole
-        self.exact: dict[str, list[tuple[str, str]]] = {}  # normalised question -> problems (identical questions)
+        self.exact: dict[str, list[tuple[str, str]]] = {}  # very short normalised questions -> problems
         for name, problems in benchmarks.items():
             count = 0
             for p in problems:
@@ -127,8 +127,8 @@ class NgramIndex:
                 toks = tokens(p.question)
                 if not toks:
                     continue
-                self.exact.setdefault(" ".join(toks), []).append((name, p.id))
-                if len(toks) < MIN_SHORT_WORDS:
+                if len(toks) < MIN_SHORT_WORDS:  # longer questions are covered by their n-grams or whole match
+                    self.exact.setdefault(" ".join(toks), []).append((name, p.id))
                     continue
                 if len(toks) < n:
                     self.short_lengths.add(len(toks))

@@ -229,10 +229,12 @@ def breakdown(results: Iterable[ProblemResult], by: str) -> list[dict[str, Any]]
     Results without a value for `by` are left out (only MATH500 has levels and subjects).
     """
     groups: dict[tuple[str, str, int, str], list[bool]] = {}
+    cells: dict[tuple[str, str, int], int] = {}
     for r in results:
         value = getattr(r, by)
         if value is None:
             continue
+        cells.setdefault((r.benchmark, r.mode, r.budget), len(cells))
         groups.setdefault((r.benchmark, r.mode, r.budget, str(value)), []).append(r.correct)
     rows = [
         {
@@ -247,7 +249,8 @@ def breakdown(results: Iterable[ProblemResult], by: str) -> list[dict[str, Any]]
         }
         for (b, m, k, g), v in groups.items()
     ]
-    return sorted(rows, key=lambda d: (d["benchmark"], d["mode"], d["budget"], _natural(d[by])))
+    # Cells in the order the run produced them, groups in natural order (level 2 before level 10).
+    return sorted(rows, key=lambda d: (cells[(d["benchmark"], d["mode"], d["budget"])], _natural(d[by])))
 
 
 def _natural(text: str) -> tuple[int, Any]:
