@@ -82,3 +82,61 @@ def validate(df: pl.DataFrame, schema: dict[str, pl.DataType], *, name: str = "t
 
 def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training data built from the trees (`rstar build-data`, rstar/data/sft.py, pairs.py, qvalues.py)
+
+# One row per selected policy SFT trajectory. Written by `rstar build-data` as sft.parquet.
+SFT_SCHEMA: dict[str, pl.DataType] = {
+    "problem_id": pl.Utf8(),
+    "tree_id": pl.Utf8(),
+    "leaf_id": pl.Utf8(),  # node id of the correct answer terminal the trajectory ends in
+    "rank": pl.Int32(),  # 0 = best of this problem's correct trajectories
+    "prompt": pl.Utf8(),  # build_prompt(question)
+    "completion": pl.Utf8(),  # the step texts concatenated (no EOS: the trainer appends it)
+    "avg_q": pl.Float64(),
+    "min_q": pl.Float64(),
+    "num_steps": pl.Int32(),
+    "source": pl.Utf8(),
+}
+
+# One row per PPM preference pair. Written by `rstar build-data` as pairs.parquet.
+PAIRS_SCHEMA: dict[str, pl.DataType] = {
+    "problem_id": pl.Utf8(),
+    "tree_id": pl.Utf8(),
+    "kind": pl.Utf8(),  # "step": two children of one node | "final": two whole trajectories (paper's final-step pairs)
+    "node_id": pl.Utf8(),  # the node whose text is the shared prefix (for final pairs: the deepest common ancestor)
+    "depth": pl.Int32(),  # depth of the judged (first differing) step
+    "prefix": pl.Utf8(),  # prompt + steps up to node_id
+    "chosen": pl.Utf8(),  # text after the prefix leading to a correct answer
+    "rejected": pl.Utf8(),  # text after the prefix leading to a wrong answer
+    "chosen_id": pl.Utf8(),  # child node id (step pairs) or leaf id (final pairs)
+    "rejected_id": pl.Utf8(),
+    "q_chosen": pl.Float64(),  # Q of the child (step) or average step Q of the trajectory (final)
+    "q_rejected": pl.Float64(),
+    "pos_count": pl.Int32(),  # chosen / rejected candidates selected at this node
+    "neg_count": pl.Int32(),
+    "weight": pl.Float64(),  # 1 / (pos_count * neg_count), as in the reference's loss
+}
+
+# One row per problem: outcome counts over every tree of the problem. Written as aggregate/problems.parquet.
+PROBLEM_STATS_SCHEMA: dict[str, pl.DataType] = {
+    "problem_id": pl.Utf8(),
+    "source": pl.Utf8(),
+    "level": pl.Utf8(),
+    "trees": pl.Int32(),
+    "nodes": pl.Int32(),
+    "terminals": pl.Int32(),  # leaves reached by rollouts (every terminal kind)
+    "answers": pl.Int32(),  # answer terminals
+    "correct": pl.Int32(),
+    "wrong": pl.Int32(),
+    "code_errors": pl.Int32(),
+    "other_terminals": pl.Int32(),  # max_depth, unparsable, ungraded answers
+    "solve_rate": pl.Float64(),  # correct / terminals (null when no terminal)
+    "difficulty": pl.Utf8(),  # easy | medium | hard | ungraded | failed
+    "avg_steps": pl.Float64(),  # mean depth of the terminals
+    "max_q": pl.Float64(),
+    "extra_rollouts": pl.Int32(),  # rollouts to add next round (0: none)
+    "rerun_reason": pl.Utf8(),  # null | hard | few_correct | failed | missing
+}
