@@ -11,10 +11,13 @@ Finished problems are buffered and flushed every `flush_every` problems or `flus
 exit (exception, abort, Ctrl-C): a hard kill loses only the in-flight trees and at most one flush interval of
 finished ones. Each part file is written to a hidden temporary name and renamed, so readers never see half a file.
 
-Resume: re-running on the same directory skips the problems it already holds without an error; problems that
-failed are searched again and their new rows land in a later part. `load_synthesis` therefore keeps, for every
-problem, only the rows of the latest part that holds its problem row (and ignores nodes whose problem row was never
-written, which a kill between the two files can leave behind).
+Resume: re-running on the same directory skips the problems it already holds without an error. Before searching,
+it tidies the directory so that every problem appears in exactly one part and plain
+`pl.read_parquet("OUT/nodes/*.parquet")` stays correct: it deletes node parts whose problem part was never written
+(a kill between the two writes) and leftover temporary files, and rewrites the parts holding problems that failed
+and are about to be searched again without them (nodes first, so a crash midway leaves at worst a failed problem row
+with fewer nodes, which the next resume retries again). `load_synthesis` additionally keeps only the latest part's
+rows per problem and ignores node rows without a problem row, so it is correct on any directory.
 """
 
 from __future__ import annotations
@@ -167,6 +170,44 @@ def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
+def prepare_resume(out_dir: str | Path, retry: set[str]) -> dict[str, int]:
+    """Tidy a synthesis directory before resuming (see the module docstring); `retry` are the failed problem ids that
+    will be searched again. Returns counts of what was removed."""
+    out = Path(out_dir)
+    removed = {"orphan_parts": 0, "temp_files": 0, "retried_problems": 0}
+    for folder in (out / "nodes", out / "problems"):
+        if folder.is_dir():
+            for tmp in folder.glob(".part-*.tmp"):
+                tmp.unlink()
+                removed["temp_files"] += 1
+    for _, path in _parts(out / "nodes"):
+        if not (out / "problems" / path.name).exists():
+            path.unlink()
+            removed["orphan_parts"] += 1
+    if not retry:
+        return removed
+    for _, ppath in _parts(out / "problems"):
+        probs = pl.read_parquet(ppath)
+        hit = probs["problem_id"].is_in(list(retry))
+        if not hit.any():
+            continue
+        removed["retried_problems"] += int(hit.sum())
+        npath = out / "nodes" / ppath.name
+        keep = probs.filter(~hit)
+        if npath.exists():
+            nodes = pl.read_parquet(npath)
+            nodes = nodes.filter(pl.col("problem_id").is_in(keep["problem_id"].to_list()))
+            if keep.height:
+                _write_atomic(nodes, npath)
+            else:
+                npath.unlink()
+        if keep.height:
+            _write_atomic(keep, ppath)
+        else:
+            ppath.unlink()
+    return removed
+
+
 def synthesize_to_dir(
     problems: Iterable[Problem],
     out_dir: str | Path,
@@ -196,10 +237,13 @@ def synthesize_to_dir(
         raise FileExistsError(f"{out} already holds synthesis parts; resume, or choose an empty directory")
     done = finished_problem_ids(out)
     todo = [p for p in problems if p.id not in done]
+    failed_before = finished_problem_ids(out, include_failed=True) - done
+    tidied = prepare_resume(out, {p.id for p in todo} & failed_before)
     summary: dict[str, Any] = {
         "status": "running",
         "skipped_already_done": len(done),
         "to_search": len(todo),
+        "resume_cleanup": tidied,
         "config": config.to_dict(),
         "policy_id": str(policy.model_id),
         "ppm_id": str(reward_model.model_id) if reward_model is not None and config.uses_ppm else None,
