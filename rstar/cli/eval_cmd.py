@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from rstar.eval.config import EvalConfig
     from rstar.eval.modes import resolve_mode
     from rstar.eval.runner import evaluate
-    from rstar.models.registry import ModelSpecError
+    from rstar.models.registry import load_policy, load_reward_model
 
     try:
         modes = [resolve_mode(m) for m in _csv(args.modes)]
@@ -109,22 +109,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"rstar eval: {exc}", file=sys.stderr)
         return 2
     try:
-        report = evaluate(
-            args.policy,
-            benchmarks,
-            modes,
-            budgets or [1],
-            args.out,
-            reward_model=args.ppm,
-            config=config,
-            data_dir=args.data_dir,
-            limit=args.limit,
-            progress=not args.quiet,
-            plot=not args.no_plot,
-        )
-    except ModelSpecError as exc:
-        print(f"rstar eval: {exc}", file=sys.stderr)
+        policy = load_policy(args.policy)
+    except Exception as exc:
+        print(f"rstar eval: cannot load policy {args.policy!r}: {exc}", file=sys.stderr)
         return 2
+    try:
+        ppm = load_reward_model(args.ppm)
+    except Exception as exc:
+        print(f"rstar eval: cannot load PPM {args.ppm!r}: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate(
+        policy,
+        benchmarks,
+        modes,
+        budgets or [1],
+        args.out,
+        reward_model=ppm,
+        config=config,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        progress=not args.quiet,
+        plot=not args.no_plot,
+    )
     print(report.table())
     for err in report.errors:
         print(f"error: {err}", file=sys.stderr)
