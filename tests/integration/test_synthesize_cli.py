@@ -102,3 +102,23 @@ def test_synthesize_rejects_bad_input(tmp_path: Path, problem_file: Path) -> Non
     bad_cfg = cli("--problems", str(problem_file), "--policy", "fake:oracle", "--candidates", "0", *base)
     assert bad_cfg.returncode == 2 and "candidates" in bad_cfg.stderr
     assert not (tmp_path / "o" / "problems").exists()
+
+
+@pytest.mark.slow
+def test_synthesize_runs_step_code_in_the_sandbox_by_default(tmp_path: Path, problem_file: Path) -> None:
+    pytest.importorskip("rstar.verify.sandbox")
+    out = tmp_path / "out"
+    run = cli(
+        "--problems", str(problem_file), "--out", str(out), "--policy", "fake:oracle?p_error=0.3",
+        "--question-field", "problem", "--answer-field", "final", "--limit", "2", "--rollouts", "2",
+        "--candidates", "4", "--workers", "1", "--no-progress",
+    )  # fmt: skip
+    if run.returncode == 2 and "cannot start the sandbox" in run.stderr:
+        pytest.skip(f"sandbox unavailable here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    assert "WARNING" not in run.stderr  # not the in-process executor
+    nodes, probs = load_synthesis(out)
+    assert probs.height == 2 and probs["error"].is_null().all()
+    assert nodes.filter(pl.col("depth") > 0)["exec_ok"].all()  # failing steps were dropped by the sandbox's verdict
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["this_run"]["code_errors"] > 0 and summary["this_run"]["executed"] > 0
