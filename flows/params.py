@@ -1,0 +1,297 @@
+"""Typed parameters of the flows: pydantic models, so the Prefect UI renders a form and a bad value fails fast.
+
+    from flows.params import RoundParams, EvolutionParams
+    params = RoundParams(round_idx=1, problems="train.jsonl", policy="fake:oracle", training=TrainingOptions(base_model="tiny:0"))
+    evolution_round(params)
+
+A *model source* is either a model spec string (`hf:PATH`, `tiny:0`, `smollm2-135m`, `openai:URL#MODEL`, `fake:...`,
+see docs/architecture.md) or the URI of a model artifact written by an earlier round (`file://.../rounds/2/policy/<digest>`
+or `s3://bucket/prefix/rounds/2/policy/<digest>`): the tasks resolve an artifact URI to a local `hf:` folder via the
+store, so round k's trained policy feeds round k+1 wherever the store lives.
+
+`round_params(evo, k, previous)` is the pure rule by which `self_evolution` derives round k's parameters from the
+multi-round ones and round k-1's result (terminal-guided rounds 1-2, PPM-augmented from round 3, more rollouts for the
+problems the previous round left unsolved, round k-1's policy and PPM as round k's models). It is a plain function so
+it is tested without Prefect.
+
+The demo defaults (model and problem set) live in `DEMO` below, and only there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchOptions(_Params):
+    """MCTS options of a synthesis round (the rest of `rstar.config.SearchConfig` goes through `extra`)."""
+
+    mode: Literal["terminal", "ppm"] = Field(
+        default="terminal",
+        description="terminal: +1/-1 from the gold answer only; ppm: new steps also get the PPM's score",
+    )
+    rollouts: int = Field(default=16, ge=1, description="MCTS rollouts per problem (paper: 8 in round 1, 16 after)")
+    extra_rollouts_unsolved: int = Field(
+        default=16, ge=0, description="additional rollouts for problems the previous round left unsolved"
+    )
+    candidates: int = Field(default=8, ge=1, description="candidate steps sampled per expansion")
+    temperature: float | None = Field(default=None, ge=0, description="sampling temperature (None: the search default)")
+    max_depth: int | None = Field(
+        default=None, ge=1, description="maximum steps per trajectory (None: the search default)"
+    )
+    extra: dict[str, Any] = Field(default_factory=dict, description="further SearchConfig fields, passed through")
+
+    def config_dict(self, *, rollouts: int | None = None) -> dict[str, Any]:
+        """The fields handed to `SearchConfig` (None values left to its defaults)."""
+        cfg: dict[str, Any] = {
+            "mode": self.mode,
+            "rollouts": rollouts if rollouts is not None else self.rollouts,
+            "candidates": self.candidates,
+        }
+        if self.temperature is not None:
+            cfg["temperature"] = self.temperature
+        if self.max_depth is not None:
+            cfg["max_depth"] = self.max_depth
+        cfg.update(self.extra)
+        return cfg
+
+
+class TrainingOptions(_Params):
+    """What a round trains: the policy (SFT on step-verified trajectories) and the PPM (pairwise preference)."""
+
+    base_model: str | None = Field(
+        default=None,
+        description="model the policy is fine-tuned from each round (paper: the base SLM, re-trained from it every "
+        "round); None: the round's input policy, which must then be a local model",
+    )
+    ppm_base: str | None = Field(
+        default=None,
+        description="backbone the PPM starts from; None: the policy just trained this round (as in the paper)",
+    )
+    train_policy: bool = Field(default=True, description="train a new policy this round")
+    train_ppm: bool = Field(default=True, description="train a new PPM this round")
+    epochs: float = Field(default=2.0, gt=0, description="policy SFT epochs (paper: 2)")
+    ppm_epochs: float = Field(default=1.0, gt=0, description="PPM epochs (paper: 1; reference repository: 2)")
+    learning_rate: float | None = Field(default=None, gt=0, description="None: the trainer's default")
+    batch_size: int | None = Field(default=None, ge=1, description="None: the trainer's default")
+    max_length: int | None = Field(
+        default=None, ge=16, description="token limit per example; None: the trainer's default"
+    )
+    sft_top_k: int = Field(default=2, ge=1, description="correct trajectories kept per problem for SFT (paper: 2)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="further trainer config fields, passed through")
+
+    def policy_config(self) -> dict[str, Any]:
+        """Fields of `rstar.train.common.TrainConfig` for the policy."""
+        cfg: dict[str, Any] = {"num_epochs": self.epochs}
+        cfg.update(_not_none(learning_rate=self.learning_rate, batch_size=self.batch_size, max_length=self.max_length))
+        cfg.update(self.extra)
+        return cfg
+
+    def ppm_config(self) -> dict[str, Any]:
+        """Fields of `rstar.train.common.TrainConfig` for the PPM (on top of `TrainConfig.for_ppm`)."""
+        cfg: dict[str, Any] = {"num_epochs": self.ppm_epochs}
+        cfg.update(_not_none(learning_rate=self.learning_rate, batch_size=self.batch_size, max_length=self.max_length))
+        cfg.update(self.extra)
+        return cfg
+
+
+class EvalOptions(_Params):
+    """How each round's models are judged (the `evaluate` flow takes the same options)."""
+
+    enabled: bool = Field(default=True, description="evaluate the round's policy at the end of the round")
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["gsm8k"],
+        description="built-in benchmark names (math500, gsm8k, aime2024, amc2023) or paths to problem files",
+    )
+    mode: str = Field(default="greedy", description="inference mode: greedy, maj, best_of_n, beam, mcts")
+    budget: int = Field(default=1, ge=1, description="samples / rollouts per problem for the sampling modes")
+    limit: int | None = Field(default=None, ge=1, description="problems per benchmark (None: all)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="further evaluation options, passed through")
+
+
+class RoundParams(_Params):
+    """One round of self-evolution: synthesize trees with MCTS, build data, train policy and PPM, evaluate, promote."""
+
+    round_idx: int = Field(
+        default=1, ge=1, description="round number k (names the run `round-k` and the keys rounds/k/...)"
+    )
+    problems: str = Field(..., description="problem set: local JSONL/JSON/Parquet path, dataset id, or artifact URI")
+    problem_limit: int | None = Field(default=None, ge=1, description="use only the first N problems")
+    policy: str = Field(..., description="policy that generates the trees: model spec or model artifact URI")
+    ppm: str | None = Field(
+        default=None, description="process preference model (spec or artifact URI); needed by ppm mode"
+    )
+    search: SearchOptions = Field(default_factory=SearchOptions)
+    boost: str | None = Field(
+        default=None,
+        description="URI of the previous round's aggregate artifact: its unsolved problems get extra rollouts",
+    )
+    shard_size: int = Field(default=64, ge=1, description="problems per synthesis shard (one Prefect task each)")
+    shard_concurrency: int = Field(
+        default=1, ge=1, description="shards run at once (1 for an in-process model; more for openai: servers)"
+    )
+    shard_timeout_s: float = Field(
+        default=6 * 3600, gt=0, description="a synthesis shard running longer than this fails"
+    )
+    max_failed_shard_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of shards allowed to fail; above it the round fails (failures reported)",
+    )
+    seed: int = Field(default=0, description="seed of every sampling stage (part of their cache keys)")
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+    evaluation: EvalOptions = Field(default_factory=EvalOptions)
+    register_models: bool = Field(
+        default=True, description="register the round's models in MLflow and run the promotion gate"
+    )
+
+    @field_validator("ppm")
+    @classmethod
+    def _none_string(cls, v: str | None) -> str | None:
+        return None if v is None or v.strip().lower() in ("", "none") else v
+
+
+class EvolutionParams(_Params):
+    """Rounds 1..R of self-evolution; round k's trained policy and PPM generate round k+1's trees."""
+
+    rounds: int = Field(default=4, ge=1, description="number of rounds (paper: 4)")
+    first_round: int = Field(
+        default=1, ge=1, description="number of the first round (to continue an earlier evolution)"
+    )
+    problems: str = Field(..., description="problem set: local JSONL/JSON/Parquet path, dataset id, or artifact URI")
+    problem_limit: int | None = Field(default=None, ge=1)
+    bootstrap_policy: str = Field(
+        ..., description="round 1's generator: any spec, e.g. openai:URL#MODEL (a large model) or hf:seed-sft-folder"
+    )
+    initial_ppm: str | None = Field(default=None, description="a PPM for the first round (normally none)")
+    ppm_from_round: int = Field(default=3, ge=1, description="first PPM-augmented round (paper: 3)")
+    rollouts_first_round: int = Field(default=8, ge=1, description="rollouts per problem in round 1 (paper: 8)")
+    rollouts: int = Field(default=16, ge=1, description="rollouts per problem in later rounds (paper: 16)")
+    extra_rollouts_unsolved: int = Field(
+        default=16, ge=0, description="extra rollouts for problems unsolved last round"
+    )
+    candidates: int = Field(default=8, ge=1)
+    search_extra: dict[str, Any] = Field(default_factory=dict, description="further SearchConfig fields")
+    shard_size: int = Field(default=64, ge=1)
+    shard_concurrency: int = Field(default=1, ge=1)
+    shard_timeout_s: float = Field(default=6 * 3600, gt=0)
+    max_failed_shard_fraction: float = Field(default=0.0, ge=0, le=1)
+    seed: int = Field(default=0)
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+    evaluation: EvalOptions = Field(default_factory=EvalOptions)
+    evaluate_base: bool = Field(
+        default=True,
+        description="evaluate the model being evolved (training.base_model, else the bootstrap) before round 1",
+    )
+    register_models: bool = Field(default=True)
+
+
+@dataclass(frozen=True)
+class PreviousRound:
+    """What round k needs from round k-1: its models and the aggregate that lists its unsolved problems."""
+
+    policy: str
+    ppm: str | None
+    aggregate: str | None
+
+
+def round_params(evo: EvolutionParams, k: int, previous: PreviousRound | None) -> RoundParams:
+    """Round k's parameters (pure): models from round k-1, search mode and rollouts by round number, as in the paper."""
+    first = k == evo.first_round or previous is None
+    policy = evo.bootstrap_policy if previous is None else previous.policy
+    ppm = evo.initial_ppm if previous is None else (previous.ppm or evo.initial_ppm)
+    mode: Literal["terminal", "ppm"] = "ppm" if k >= evo.ppm_from_round and ppm is not None else "terminal"
+    rollouts = evo.rollouts_first_round if k == 1 else evo.rollouts
+    return RoundParams(
+        round_idx=k,
+        problems=evo.problems,
+        problem_limit=evo.problem_limit,
+        policy=policy,
+        ppm=ppm,
+        search=SearchOptions(
+            mode=mode,
+            rollouts=rollouts,
+            extra_rollouts_unsolved=evo.extra_rollouts_unsolved,
+            candidates=evo.candidates,
+            extra=dict(evo.search_extra),
+        ),
+        boost=None if first or previous is None else previous.aggregate,
+        shard_size=evo.shard_size,
+        shard_concurrency=evo.shard_concurrency,
+        shard_timeout_s=evo.shard_timeout_s,
+        max_failed_shard_fraction=evo.max_failed_shard_fraction,
+        seed=evo.seed,
+        training=evo.training,
+        evaluation=evo.evaluation,
+        register_models=evo.register_models,
+    )
+
+
+class RoundResult(BaseModel):
+    """What a round returns (and what `self_evolution` hands to the next round): URIs and a few numbers."""
+
+    round_idx: int
+    policy: str  # the policy to use next: this round's trained model artifact, or the input policy if none was trained
+    ppm: str | None
+    trained_policy: bool
+    trained_ppm: bool
+    problems: str
+    trees: list[str]
+    aggregate: str
+    sft: str | None
+    pairs: str | None
+    report: str | None
+    evaluation: str | None
+    accuracy: dict[str, float]
+    coverage: float | None
+    shards: int
+    failed_shards: list[dict[str, Any]]
+    mlflow_run_id: str | None
+    artifact_prefix: str
+    promoted: dict[str, bool] = Field(default_factory=dict)
+
+
+class EvolutionResult(BaseModel):
+    rounds: list[RoundResult]
+    accuracy_before: dict[str, float]
+    accuracy_after: dict[str, float]
+    policy: str
+    ppm: str | None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The demo's embedded defaults: change the model or the problem world here, in one place.
+
+
+@dataclass(frozen=True)
+class DemoDefaults:
+    """`rstar demo`: self-evolution end to end on CPU with a small model and a generated problem world.
+
+    `bootstrap_policy` generates round 1's trees; `base_model` is what each round fine-tunes. Switching the demo to
+    SmolLM2-135M is `base_model="smollm2-135m"` (and a bootstrap policy fine-tuned on the world's seed SFT set).
+    """
+
+    bootstrap_policy: str = "fake:oracle"
+    base_model: str = "tiny:0"
+    world_seed: int = 0
+    train_problems: int = 24
+    heldout_problems: int = 12
+    rounds: int = 2
+    rollouts: int = 4
+    candidates: int = 2
+    shard_size: int = 8
+    eval_mode: str = "greedy"
+
+
+DEMO = DemoDefaults()
+
+
+def _not_none(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}

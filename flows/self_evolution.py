@@ -1,0 +1,80 @@
+"""The `self_evolution` flow: rounds 1..R of rStar-Math, each an `evolution_round` subflow fed by the one before.
+
+    from flows.params import EvolutionParams, TrainingOptions
+    from flows.self_evolution import self_evolution
+    result = self_evolution(EvolutionParams(rounds=4, problems="train.jsonl",
+                                            bootstrap_policy="openai:http://gpu:8000/v1#deepseek-coder-v2",
+                                            training=TrainingOptions(base_model="hf:/models/qwen2.5-math-7b")))
+
+As in the paper: round 1 is terminal-guided MCTS with a bootstrap generator (any spec: a large model behind an
+OpenAI-compatible server, or a seed-SFT checkpoint), 8 rollouts; round 2 terminal-guided with round 1's policy, 16
+rollouts; from round 3 (`ppm_from_round`) PPM-augmented with the previous round's PPM. The problems the previous
+round left unsolved (or short of correct trajectories) get extra rollouts (its aggregate's re-run list). The rule
+is the pure function `flows.params.round_params`.
+
+Before round 1 the model being evolved (`training.base_model`, else the bootstrap policy) is evaluated, so the
+summary shows accuracy before and after. Each round is a subflow named `round-k`; re-running the evolution with the
+same parameters re-uses every finished stage of every round.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from flows.params import EvolutionParams, EvolutionResult, PreviousRound, RoundResult, round_params
+from flows.round import _param, evolution_round
+from tasks.common import run_logger
+from tasks.evaluate import accuracy_of, evaluate_task
+
+
+def evolution_run_name() -> str:
+    first = _param("params", "first_round", 1)
+    rounds = _param("params", "rounds", 1)
+    return f"evolve-r{first}-r{first + rounds - 1}"
+
+
+@flow(name="self-evolution", flow_run_name=evolution_run_name)
+def self_evolution(params: EvolutionParams) -> EvolutionResult:
+    """Rounds `first_round .. first_round + rounds - 1`; see the module docstring."""
+    logger = run_logger()
+    ev = params.evaluation
+    before: dict[str, float] = {}
+    if params.evaluate_base and ev.enabled:
+        base = params.training.base_model or params.bootstrap_policy
+        ref = evaluate_task(
+            base, None, ev.benchmarks, ev.mode, ev.budget, ev.limit, params.seed, params.first_round - 1, ev.extra
+        )
+        before = accuracy_of(ref)
+        logger.info("before round %d: %s accuracy %s", params.first_round, base, before)
+
+    results: list[RoundResult] = []
+    previous: PreviousRound | None = None
+    for k in range(params.first_round, params.first_round + params.rounds):
+        result = evolution_round(round_params(params, k, previous))
+        results.append(result)
+        previous = PreviousRound(policy=result.policy, ppm=result.ppm, aggregate=result.aggregate)
+
+    benchmarks = sorted({b for r in results for b in r.accuracy} | set(before))
+    table = [
+        {
+            "round": "base",
+            "coverage": None,
+            **{b: before.get(b) for b in benchmarks},
+            "policy": params.training.base_model or params.bootstrap_policy,
+        }
+    ]
+    table += [
+        {
+            "round": r.round_idx,
+            "coverage": None if r.coverage is None else round(r.coverage, 4),
+            **{b: r.accuracy.get(b) for b in benchmarks},
+            "policy": r.policy,
+        }
+        for r in results
+    ]
+    create_table_artifact(key="self-evolution-summary", table=table, description="coverage and accuracy per round")
+    last = results[-1]
+    return EvolutionResult(
+        rounds=results, accuracy_before=before, accuracy_after=last.accuracy, policy=last.policy, ppm=last.ppm
+    )
