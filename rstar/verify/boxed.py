@@ -26,12 +26,19 @@ def _balanced(text: str, open_idx: int) -> tuple[str, int] | None:
 
 
 def all_boxed(text: str) -> list[str]:
-    """Every well-formed `\\boxed{...}` / `\\fbox{...}` content in order; `\\boxed 5` (no braces) counts too."""
+    """Every well-formed `\\boxed{...}` / `\\fbox{...}` content in order; `\\boxed 5` (no braces) counts too.
+
+    An unclosed brace ends the scan (nothing after it is well-formed). Linear in the length of the text: the next
+    position of each marker is remembered rather than searched for again from every box.
+    """
     found: list[str] = []
+    nxt = {m: text.find(m) for m in BOXED_MARKERS}
     i = 0
     while True:
-        hits = [(text.find(m, i), m) for m in BOXED_MARKERS]
-        hits = [(k, m) for k, m in hits if k >= 0]
+        for m in BOXED_MARKERS:
+            if 0 <= nxt[m] < i:
+                nxt[m] = text.find(m, i)
+        hits = [(k, m) for m, k in nxt.items() if k >= 0]
         if not hits:
             return found
         k, m = min(hits)
@@ -51,7 +58,7 @@ def all_boxed(text: str) -> list[str]:
                 end += 1
             if end > j:
                 found.append(text[j:end])
-            i = end
+            i = max(end, j)
         else:
             i = j
 

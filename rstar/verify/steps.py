@@ -39,6 +39,7 @@ on `STOP_STRINGS`; backends return the text without the stop string and report w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -53,7 +54,9 @@ CODE_OPEN = "<code>"
 STOP_STRINGS: tuple[str, ...] = (END_OF_STEP, END_OF_CODE, END_OF_ANSWER)
 
 PROMPT_TEMPLATE = (
-    "<|user|>:\n{question}\n<|assistant|>: Let's think step by step and solve the problem with code.\n" + CODE_OPEN + "\n"
+    "<|user|>:\n{question}\n<|assistant|>: Let's think step by step and solve the problem with code.\n"
+    + CODE_OPEN
+    + "\n"
 )
 
 StepKind = Literal["intermediate", "final_code", "answer", "unparsable"]
@@ -93,6 +96,26 @@ def _split_comment_code(body: str) -> tuple[str, str]:
     return "\n".join(c for c in comments if c), body
 
 
+def _stated_text(body: str) -> str:
+    """The parts of a step that state things rather than compute them: comments, the `<output>`/`<answer>` blocks
+    and plain-text lines. A `\\boxed{}` inside code (`print(f"\\boxed{{{x}}}")`) is something the program will print,
+    not an answer the step states."""
+    head, sep, tail = body.partition("<output>")
+    if not sep:
+        head, sep, tail = body.partition("<answer>")
+    kept = []
+    for line in head.split("\n"):
+        s = line.strip()
+        if s.startswith("#"):
+            kept.append(s)
+            continue
+        k = s.find("\\boxed")
+        if k < 0 or "print(" in s or any(q in s[:k] for q in "\"'="):
+            continue  # code: the box is data the program handles
+        kept.append(s)
+    return "\n".join(kept) + "\n" + sep + tail
+
+
 def _clean_body(text: str) -> str:
     body = text.replace("\r\n", "\n")
     # A model sometimes re-opens the code block or closes one it never opened; neither is Python.
@@ -122,7 +145,7 @@ def parse_step(completion: Completion | str, stop_reason: str | None = None) -> 
     delim = stop if stop in STOP_STRINGS else None
 
     body = _clean_body(text)
-    boxed = last_boxed(body)
+    boxed = last_boxed(_stated_text(body))
     if boxed is not None or "<answer>" in body or delim == END_OF_ANSWER:
         code_part = body.split("<output>")[0].split("<answer>")[0]
         comment, code = _split_comment_code(code_part.strip("\n"))
@@ -158,12 +181,19 @@ def answer_from_output(stdout: str) -> str | None:
     if not lines:
         return None
     last = lines[-1]
-    for sep in ("answer is", "Answer:", "answer:", "="):
+    for sep in ("answer is", "Answer:", "answer:"):
         if sep in last:
-            tail = last.rsplit(sep, 1)[1].strip().rstrip(".")
+            tail = last.rsplit(sep, 1)[1].strip().lstrip(":").strip().rstrip(".")
             if tail:
                 return tail
+    # `x = 5` -> "5"; a relation (`x >= 5`, `a != b`) or a comparison (`a == b`) is itself the printed value
+    parts = _ASSIGN_EQ.split(last)
+    if len(parts) > 1 and parts[-1].strip():
+        return parts[-1].strip().rstrip(".")
     return last
+
+
+_ASSIGN_EQ = re.compile(r"(?<![<>!=])=(?!=)")
 
 
 def new_output(stdout: str, parent_stdout: str) -> str:
