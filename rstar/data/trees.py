@@ -287,17 +287,29 @@ class TreeData:
     skipped_files: list[str] = field(default_factory=list)
 
 
-def _parquet_files(dirs: Iterable[str | Path]) -> list[Path]:
-    files: list[Path] = []
+def _synthesis_dirs(root: Path) -> list[Path]:
+    """Directories below `root` (itself included) in the layout `rstar synthesize` writes: nodes/ + problems/ parts."""
+    found = {p.parent for p in root.rglob("nodes") if p.is_dir() and (p.parent / "problems").is_dir()}
+    if (root / "nodes").is_dir() and (root / "problems").is_dir():
+        found.add(root)
+    return sorted(found)
+
+
+def _sources(dirs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(synthesis directories, loose Parquet files outside them) under the given paths."""
+    synth: list[Path] = []
+    loose: list[Path] = []
     for d in dirs:
         p = Path(d)
         if p.is_file():
-            files.append(p)
+            loose.append(p)
         elif p.is_dir():
-            files.extend(sorted(p.rglob("*.parquet")))
+            sd = _synthesis_dirs(p)
+            synth.extend(sd)
+            loose.extend(f for f in sorted(p.rglob("*.parquet")) if not any(s in f.parents for s in sd))
         else:
             raise FileNotFoundError(f"tree directory not found: {p}")
-    return files
+    return synth, loose
 
 
 def merge_problems(problems: pl.DataFrame) -> pl.DataFrame:
@@ -323,60 +335,79 @@ def merge_problems(problems: pl.DataFrame) -> pl.DataFrame:
 
 
 def load_tree_dirs(dirs: Sequence[str | Path]) -> TreeData:
-    """Read every node / problem Parquet file under `dirs` (files may be passed directly too).
+    """Read every node / problem table under `dirs` (files may be passed directly too).
 
-    A file is a node file when it has a `node_id` column, a problem file when it has `question` and no `node_id`;
-    anything else is skipped and reported. Empty files are reported, not fatal. A problem that appears in several
-    node files gets one tree per file (`tree_id` = `problem_id#<file index>`).
+    A directory in the layout `rstar synthesize` writes (`nodes/part-*.parquet` + `problems/part-*.parquet`) is read
+    through `rstar.search.io.load_synthesis`, which keeps the latest attempt of each problem (resume-safe). Other
+    Parquet files are classified by their columns: a node table has `node_id`, a problem table has `question`;
+    anything else is skipped and reported, and empty tables are reported, not fatal. A problem found in several
+    sources (a second shard with extra rollouts) gets one tree per source: `tree_id` = `problem_id#<source index>`.
     """
-    data = TreeData(
-        nodes=empty(NODES_SCHEMA).with_columns(pl.lit(None, pl.Utf8).alias("tree_id")), problems=empty(PROBLEMS_SCHEMA)
-    )
+    data = TreeData(nodes=_empty_nodes_with_tree_id(), problems=empty(PROBLEMS_SCHEMA))
     node_frames: list[pl.DataFrame] = []
     problem_frames: list[pl.DataFrame] = []
-    for f in _parquet_files(dirs):
+    synth, loose = _sources(dirs)
+
+    def add_nodes(df: pl.DataFrame, label: str) -> None:
+        node_frames.append(df.select(list(NODES_SCHEMA)).with_columns(pl.lit(len(node_frames)).alias("_src")))
+        data.node_files.append(label)
+
+    for d in synth:
+        from rstar.search.io import load_synthesis  # the engine's reader: latest attempt per problem
+
+        try:
+            nodes, problems = load_synthesis(d)
+        except (SchemaError, OSError, pl.exceptions.PolarsError) as exc:
+            data.skipped_files.append(f"{d}: unreadable synthesis directory ({type(exc).__name__}: {exc})")
+            continue
+        if nodes.height == 0 and problems.height == 0:
+            data.empty_files.append(str(d))
+            continue
+        if nodes.height:
+            add_nodes(nodes, str(d))
+        if problems.height:
+            problem_frames.append(problems.select(list(PROBLEMS_SCHEMA)))
+            data.problem_files.append(str(d))
+    for f in loose:
         try:
             df = pl.read_parquet(f)
         except Exception as exc:  # a truncated or foreign file must not kill the whole merge
             data.skipped_files.append(f"{f}: unreadable ({type(exc).__name__}: {exc})")
             continue
-        if "node_id" in df.columns:
-            if df.height == 0:
-                data.empty_files.append(str(f))
-                continue
-            try:
-                df = validate(df, NODES_SCHEMA, name=str(f)).select(list(NODES_SCHEMA))
-            except SchemaError as exc:
-                data.skipped_files.append(str(exc))
-                continue
-            node_frames.append(df.with_columns(pl.lit(len(node_frames)).alias("_file")))
-            data.node_files.append(str(f))
-        elif "question" in df.columns:
-            if df.height == 0:
-                data.empty_files.append(str(f))
-                continue
-            try:
-                problem_frames.append(validate(df, PROBLEMS_SCHEMA, name=str(f)).select(list(PROBLEMS_SCHEMA)))
-            except SchemaError as exc:
-                data.skipped_files.append(str(exc))
-                continue
-            data.problem_files.append(str(f))
-        else:
+        kind = "nodes" if "node_id" in df.columns else "problems" if "question" in df.columns else None
+        if kind is None:
             data.skipped_files.append(f"{f}: neither a node table nor a problem table")
+            continue
+        if df.height == 0:
+            data.empty_files.append(str(f))
+            continue
+        try:
+            df = validate(df, NODES_SCHEMA if kind == "nodes" else PROBLEMS_SCHEMA, name=str(f))
+        except SchemaError as exc:
+            data.skipped_files.append(str(exc))
+            continue
+        if kind == "nodes":
+            add_nodes(df, str(f))
+        else:
+            problem_frames.append(df.select(list(PROBLEMS_SCHEMA)))
+            data.problem_files.append(str(f))
     if node_frames:
         nodes = pl.concat(node_frames, how="vertical")
-        files_per_problem = nodes.group_by("problem_id").agg(pl.col("_file").n_unique().alias("_nfiles"))
-        nodes = nodes.join(files_per_problem, on="problem_id", how="left")
-        nodes = nodes.with_columns(
-            pl.when(pl.col("_nfiles") > 1)
-            .then(pl.col("problem_id") + pl.lit("#") + pl.col("_file").cast(pl.Utf8))
+        sources = nodes.group_by("problem_id").agg(pl.col("_src").n_unique().alias("_nsrc"))
+        nodes = nodes.join(sources, on="problem_id", how="left")
+        data.nodes = nodes.with_columns(
+            pl.when(pl.col("_nsrc") > 1)
+            .then(pl.col("problem_id") + pl.lit("#") + pl.col("_src").cast(pl.Utf8))
             .otherwise(pl.col("problem_id"))
             .alias("tree_id")
-        ).drop("_file", "_nfiles")
-        data.nodes = nodes
+        ).drop("_src", "_nsrc")
     if problem_frames:
         data.problems = merge_problems(pl.concat(problem_frames, how="vertical"))
     return data
+
+
+def _empty_nodes_with_tree_id() -> pl.DataFrame:
+    return empty(NODES_SCHEMA).with_columns(pl.lit(None, pl.Utf8).alias("tree_id"))
 
 
 def questions(problems: pl.DataFrame) -> dict[str, str]:

@@ -161,3 +161,23 @@ def test_malformed_trees_are_reported() -> None:
     assert [t.tree_id for t in trees] == ["ok"]
     assert issues.dropped_trees == 1 and issues.dropped_nodes == 3
     assert any("not reachable" in m for m in issues.messages)
+
+
+def test_synthesis_directories_are_read_through_the_engine_reader(tmp_path: Path) -> None:
+    """`rstar synthesize` writes nodes/ and problems/ part files; a re-searched problem's latest attempt wins."""
+    shard = tmp_path / "trees" / "shard-0"
+    (shard / "nodes").mkdir(parents=True)
+    (shard / "problems").mkdir()
+    first = nodes_frame("p", {"0": {}, "0.0": {"q": -1.0, "outcome": "wrong"}})
+    first.write_parquet(shard / "nodes" / "part-000001.parquet")
+    problems_frame({"p": "P?"}, error="Timeout").write_parquet(shard / "problems" / "part-000001.parquet")
+    retry = nodes_frame("p", {"0": {}, "0.0": {"q": 1.0, "outcome": "correct"}})
+    retry.write_parquet(shard / "nodes" / "part-000002.parquet")
+    problems_frame({"p": "P?"}).write_parquet(shard / "problems" / "part-000002.parquet")
+    (shard / "summary.json").write_text("{}")
+
+    data = load_tree_dirs([tmp_path / "trees"])
+    assert data.node_files == [str(shard)] and data.problem_files == [str(shard)]
+    assert data.nodes["tree_id"].to_list() == ["p", "p"]  # one tree: the latest attempt only
+    agg = aggregate(data.nodes, data.problems)
+    assert agg.problems.select("correct", "wrong", "difficulty").row(0) == (1, 0, "easy")
