@@ -100,7 +100,7 @@ def test_server_dying_mid_run_keeps_the_finished_batches(server: ThreadingHTTPSe
         def model_id(self) -> str:
             return policy.model_id
 
-        def generate(self, prompts, spec, *, seeds=None):  # type: ignore[no-untyped-def]
+        def generate(self, prompts, spec, *, seeds=None):
             self.calls += 1
             if self.calls == 2:
                 server.shutdown()
