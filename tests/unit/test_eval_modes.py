@@ -278,3 +278,42 @@ def test_mcts_runs_the_search_engine_once_for_both_rules() -> None:
     assert (topk.prediction, topk.correct, topk.votes) == ("2", True, 2)
     assert (best.n_samples, best.n_correct) == (4, 2)
     assert best.tokens == topk.tokens > 0
+
+
+class ChatTokenizer:
+    chat_template = "{{ messages }}"
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        assert not tokenize and add_generation_prompt
+        return f"<|im_start|>user\n{messages[0]['content']}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_cot_uses_the_chat_template_when_the_backend_has_one() -> None:
+    seen: list[str] = []
+
+    def fn(prompt: str, seed: int | None, n: int) -> list[Reply]:
+        seen.append(prompt)
+        return [("So it is \\boxed{5}.", None)]
+
+    policy = SeedPolicy(fn)
+    policy.tokenizer = ChatTokenizer()  # type: ignore[attr-defined]
+    (r,) = MODES["greedy"]([P1], ctx_for(policy, format="cot"), 1)
+    assert r.correct
+    assert seen[0].startswith("<|im_start|>user\nWhat is two plus three?\n\nPlease reason step by step")
+    assert seen[0].endswith("<|im_start|>assistant\n")
+    (r,) = MODES["greedy"]([P1], ctx_for(policy, format="cot", use_chat_template=False), 1)
+    assert seen[1].startswith("Question: What is two plus three?")
+
+
+def test_cot_beam_search_steps_by_paragraph() -> None:
+    def fn(prompt: str, seed: int | None, n: int) -> list[Reply]:
+        if "First" not in prompt and "Other" not in prompt:
+            first: list[Reply] = [("First, add.", "\n\n"), ("Other idea.", "\n\n")]
+            return first[:n]
+        if "First" in prompt:
+            return [("So \\boxed{5}.", None)] * n
+        return [("So \\boxed{6}.", None)] * n
+
+    ppm = FunctionRewardModel(lambda prefix: 0.8 if "boxed{5}" in prefix else 0.6 if "Other" in prefix else 0.1)
+    (r,) = MODES["beam"]([P1], ctx_for(SeedPolicy(fn), ppm, format="cot", beam_candidates=2), 2)
+    assert (r.prediction, r.correct, r.answers, r.scores) == ("5", True, ("5", "6"), (0.8, 0.6))
