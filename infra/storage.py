@@ -393,7 +393,7 @@ class LocalStore:
         path = self._path(uri_or_key)
         try:
             return Manifest.from_json((path / MANIFEST_NAME).read_bytes())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise StorageError(
                 f"no committed artifact at {path.as_uri()} (no {MANIFEST_NAME}: never written, or its writer died)"
             ) from None

@@ -4,16 +4,18 @@
 - `aws_env`: fake credentials and no user AWS config, so boto3 talks only to that endpoint.
 - `s3_bucket`: a fresh bucket per test.
 - `mlflow_server`: a real `mlflow server` subprocess with a SQLite backend in a temporary folder, once per session
-  (~10 s to start), killed with its whole process group at the end.
+  (~10 s to start, launched right after collection), killed with its whole process group at the end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -115,38 +117,79 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+class _MlflowServer:
+    """One `mlflow server` process for the session, launched as soon as collection shows a test needs it, so its
+    ~10 s start overlaps the tests that run before the first MLflow test."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log = Path()
+        self.scratch: Path | None = None  # a folder made outside pytest's tmp_path, removed at the end
+
+    def launch(self, root: Path) -> None:
+        if self.proc is not None:
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = root / "server.log"
+        env = {
+            **os.environ,
+            # Without this the server starts seven extra ~270 MB job-runner processes.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        cmd = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+        cmd += [
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+            self.proc = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
+
+
+_MLFLOW = _MlflowServer()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After selection (-k, -m): start the server now if a selected test will need it."""
+    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        _MLFLOW.scratch = Path(tempfile.mkdtemp(prefix="rstar-mlflow-server-"))
+        _MLFLOW.launch(_MLFLOW.scratch)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _MLFLOW.stop()  # also when no test ended up using it
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real MLflow tracking server (SQLite backend, proxied artifacts in a temporary folder)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        # Without this the server starts seven extra ~270 MB job-runner processes.
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    log = root / "server.log"
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
-    cmd += [
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _MLFLOW.launch(tmp_path_factory.mktemp("mlflow-server"))
+    assert _MLFLOW.proc is not None
     try:
-        _wait_for_health(url, proc, log, timeout_s=120)
-        yield url
+        _wait_for_health(_MLFLOW.url, _MLFLOW.proc, _MLFLOW.log, timeout_s=180)
+        yield _MLFLOW.url
     finally:
-        _stop_group(proc)
+        _MLFLOW.stop()
