@@ -171,8 +171,15 @@ class Tree:
         Code-error, max-depth and unparsable leaves reach neither: they are not wrong *answers*.
         """
         if self._flags is None:
+            # post-order from the root (children before parents), not trusting the depth column
+            order: list[str] = []
+            stack = [self.root]
+            while stack:
+                cur = stack.pop()
+                order.append(cur)
+                stack.extend(self.children.get(cur, ()))
             flags: dict[str, tuple[bool, bool]] = {}
-            for nid in sorted(self.nodes, key=lambda i: -self.nodes[i].depth):
+            for nid in reversed(order):
                 out = self.nodes[nid].outcome
                 good, bad = out == "correct", out == "wrong"
                 for c in self.children.get(nid, ()):

@@ -63,11 +63,17 @@ def ensure_pad_token(tokenizer: Any) -> None:
 def load_sequence_classifier(path: str | Path, *, dtype: Any = None, device: Any = None) -> Any:
     """`AutoModelForSequenceClassification` with one label, from a PPM checkpoint or (for training) a causal LM
     checkpoint, whose head is then freshly initialised (seed first for a reproducible head)."""
+    import contextlib
+
     import torch
     from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    with suppress_seqcls_warning():
+    quiet: Any = contextlib.nullcontext()
+    if not is_ppm_checkpoint(path):  # a causal LM: its lm_head is unused and the score head is new (expected)
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        quiet = suppress_seqcls_warning()
+    with quiet:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=1, dtype=dtype or torch.float32
         )
