@@ -361,7 +361,6 @@ class Setup:
         self.gid: int | None = None
         self.ruleset_fd = -1
         self.seccomp: SeccompTemplate | None = None
-        self.devnull = os.open(os.devnull, os.O_RDWR)  # fd stays open in the zygote; the child dups it onto 0
         self.memory_bytes = int(cfg["memory_mb"]) * 1024 * 1024
         self.file_bytes = int(cfg["max_file_bytes"])
         self.open_files = int(cfg["max_open_files"])
@@ -451,7 +450,7 @@ def run_program(source: bytes, write: Callable[[int, bytes], int], max_message: 
             if status is not None and status != 0:
                 result["error"] = "SystemExit"
                 if isinstance(status, int):
-                    result["message"] = f"exit code {status}"
+                    result["message"] = f"exit code {int(status)}"
                 else:
                     result["message"] = str(status)[:max_message]
                     result["traceback"] = str(status)[:max_message] + "\n"
@@ -568,12 +567,12 @@ def _child_pids(parent: int) -> list[int]:
     return kids
 
 
-def _reap_strays(scan: bool) -> None:
-    """Reap zombies; with `scan`, also find and kill anything still running (children could fork: no seccomp).
+def _reap_strays(scan: bool, keep: int) -> None:
+    """Reap zombies; with `scan`, also find and kill anything still running but `keep` (children could fork).
 
     The zygote is a child subreaper, so an orphaned grandchild is re-parented here and shows up as our child.
     """
-    kids = _child_pids(os.getpid()) if scan else []
+    kids = [pid for pid in _child_pids(os.getpid()) if pid != keep] if scan else []
     for pid in kids:
         _kill_group(pid)
     while True:
@@ -583,6 +582,8 @@ def _reap_strays(scan: bool) -> None:
             return
         if pid == 0:
             return
+        if pid == keep:  # the waiting child died before its program came: it is replaced when needed
+            continue
         kids = [k for k in kids if k != pid]
 
 
@@ -602,7 +603,10 @@ class Child:
     def exited(self) -> bool:
         if self.pidfd >= 0:
             return bool(select.select([self.pidfd], [], [], 0)[0])
-        if not self.reaped and os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+        try:
+            if not self.reaped and os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                self.reaped = True
+        except ChildProcessError:  # already reaped by `_reap_strays`
             self.reaped = True
         return self.reaped
 
@@ -718,7 +722,7 @@ def build_result(sup: dict[str, Any], child: Child, cap: int, cpu_s: float) -> d
         try:
             parsed = json.loads(line)
             report = parsed if isinstance(parsed, dict) else None
-        except ValueError:
+        except Exception:  # the program can write anything on fd 3 (even JSON nested deep enough to recurse out)
             report = None
     r: dict[str, Any] = {
         "ok": False,
@@ -741,7 +745,7 @@ def build_result(sup: dict[str, Any], child: Child, cap: int, cpu_s: float) -> d
         r.update(
             error="OutputLimit", error_message=f"output exceeded {cap} bytes; program killed", output_truncated=True
         )
-    elif report is not None and "sandbox_error" in report:
+    elif not started and report is not None and "sandbox_error" in report:  # only the setup, before the program
         r.update(error="SandboxError", error_message=str(report["sandbox_error"])[:2000])
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -973,6 +977,10 @@ class Zygote:
                 if attempt == 0:
                     continue
                 raise
+            # Fork the next child now, while this one runs: the fork overlaps the program instead of delaying the
+            # next call. It applies its layers and blocks reading its own pipe; it cannot see this child's files,
+            # because the scratch directory is wiped after this child is gone and before the next program is sent.
+            self.pending = self.prefork()
             sup = supervise(child, start + timeout_s, cap)
             result = build_result(sup, child, cap, cpu)
             result["duration_ms"] = (time.monotonic() - start) * 1000
@@ -980,13 +988,12 @@ class Zygote:
         raise RuntimeError("unreachable")
 
     def finish(self) -> None:
-        """After the reply: reap the child and anything it left, wipe the scratch dir, pre-fork the next child."""
+        """After the reply: reap the child and anything it left, wipe the scratch dir."""
         if self.current is not None:
             self.current.discard()
             self.current = None
-        _reap_strays(scan=self.children_can_fork)
+        _reap_strays(scan=self.children_can_fork, keep=self.pending.pid if self.pending is not None else -1)
         self.wipe_scratch()
-        self.pending = self.prefork()
 
     def wipe_scratch(self) -> None:
         """Remove everything a program left in the scratch directory (the zygote is root, or the owner)."""

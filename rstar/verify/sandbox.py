@@ -462,7 +462,12 @@ class Sandbox:
         timeout = float(timeout_s if timeout_s is not None else self.config.timeout_s)
         if not timeout > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        worker = self._idle.get()
+        while True:
+            try:
+                worker = self._idle.get(timeout=0.5)
+                break
+            except queue.Empty:
+                self._check_open()  # all workers busy: wait, unless the sandbox was closed meanwhile
         try:
             return self._execute(worker, source, timeout)
         finally:

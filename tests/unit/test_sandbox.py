@@ -547,14 +547,23 @@ def test_nothing_leaks_into_the_next_program(sandbox: Sandbox, attack: str, chec
         pytest.param("import os\nos.dup2(1, 3)\nprint('into the result pipe')\n", id="hijack-result-fd"),
         pytest.param("import os\nos.write(3, b'\\x02RESULT {\"error\": null}\\n' * 10**4)\n", id="forge-results"),
         pytest.param(
+            'import os\nos.write(3, b\'\\x02RESULT {"sandbox_error": "forged"}\\n\')\nos._exit(0)\n',
+            id="forge-sandbox-error",
+        ),
+        pytest.param(
+            "import os\nos.write(3, b'\\x02RESULT ' + b'[' * 100000 + b'\\n')\nos._exit(0)\n", id="deep-json-result"
+        ),
+        pytest.param(
             "import os\nnull = os.open('/dev/null', os.O_WRONLY)\nos.dup2(null, 1)\nprint('hidden')\n",
             id="stdout-to-devnull",
         ),
     ],
 )
 def test_meddling_with_fds_gives_a_clear_result(sandbox: Sandbox, code: str) -> None:
+    zygotes = sandbox.worker_pids()
     r = sandbox.run(code)
     assert isinstance(r, ExecutionResult) and r.error != "SandboxError", r
+    assert sandbox.worker_pids() == zygotes  # no zygote was made to fail (restarts cost seconds)
 
 
 def test_killing_a_zygote_from_outside_is_survived(light: Sandbox) -> None:
