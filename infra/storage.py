@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -435,13 +436,18 @@ class LocalStore:
                 dirnames[:] = []
         return sorted(found)
 
-    def cleanup_tmp(self) -> int:
-        """Delete the half-written folders left by killed writers (none of them is visible under a final key)."""
+    def cleanup_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Delete half-written folders left by killed writers (never visible under a final key); returns how many.
+
+        Only folders untouched for `older_than_s` go, so a writer still at work in another process keeps its own.
+        """
         n = 0
+        cutoff = time.time() - older_than_s
         for d in _INTERNAL_DIRS:
             for child in (self.root / d).glob("*") if (self.root / d).is_dir() else []:
-                shutil.rmtree(child, ignore_errors=True)
-                n += 1
+                if child.stat().st_mtime <= cutoff:
+                    shutil.rmtree(child, ignore_errors=True)
+                    n += 1
         return n
 
 
@@ -754,7 +760,10 @@ class S3Store:
         full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
         base = f"{self.prefix}/" if self.prefix else ""
         suffix = "/" + MANIFEST_NAME
-        return sorted(k[len(base) : -len(suffix)] for k in self._list_keys(self.bucket, full) if k.endswith(suffix))
+        keys = sorted(k[len(base) : -len(suffix)] for k in self._list_keys(self.bucket, full) if k.endswith(suffix))
+        # A file that happens to be called manifest.json inside an artifact does not make a second artifact.
+        found = set(keys)
+        return [k for k in keys if not any("/".join(k.split("/")[:i]) in found for i in range(1, k.count("/") + 1))]
 
     def abort_incomplete_uploads(self, prefix: str = "") -> int:
         """Abort multipart uploads left by killed writers under `prefix` (they are invisible but hold storage)."""

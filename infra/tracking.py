@@ -44,6 +44,8 @@ CHAMPION = "champion"
 _MAX_PARAM_LEN = 6000
 _MAX_TAG_LEN = 8000
 _BATCH = 100
+_FULL_READ_BYTES = 64 * 1024 * 1024
+_SAMPLE_ROWS = 10_000
 _KEY_RE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 _RUN_STACK: ContextVar[tuple[str, ...]] = ContextVar("rstar_mlflow_run_stack", default=())
@@ -120,12 +122,14 @@ def _load_frame(path: Path) -> Any:
                 for p in sorted(path.rglob("*"))
                 if p.is_file()
             ]
-        parquet = [p for p in sorted(path.rglob("*.parquet"))]
+        parquet = sorted(path.rglob("*.parquet"))
         if len(parquet) == 1:  # an artifact holding one table: describe the table
-            return pl.read_parquet(parquet[0])
+            return _load_frame(parquet[0])
         return pl.DataFrame(rows, schema={"path": pl.Utf8, "size": pl.Int64, "sha256": pl.Utf8})
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        if path.stat().st_size > _FULL_READ_BYTES:  # a big table: its schema and first rows describe it well enough
+            return pl.scan_parquet(path).head(_SAMPLE_ROWS).collect()
         return pl.read_parquet(path)
     if suffix in (".jsonl", ".ndjson"):
         return pl.read_ndjson(path)
@@ -134,6 +138,19 @@ def _load_frame(path: Path) -> Any:
     if suffix == ".csv":
         return pl.read_csv(path)
     raise TrackingError(f"log_dataset: cannot read {path} as a table (parquet, jsonl, json, csv or an artifact folder)")
+
+
+def _row_count(path: Path) -> int | None:
+    """Rows of a parquet table (or of the one table in an artifact folder) from its metadata; None otherwise."""
+    import polars as pl
+
+    tables = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if len(tables) != 1 or tables[0].suffix.lower() != ".parquet":
+        return None
+    try:
+        return int(pl.scan_parquet(tables[0]).select(pl.len()).collect().item())
+    except Exception:
+        return None
 
 
 class Tracker:
@@ -227,7 +244,8 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = str(run.info.run_id)
-        token = _RUN_STACK.set((*_RUN_STACK.get(), run_id))
+        outer = _RUN_STACK.get()
+        token = _RUN_STACK.set((*outer, run_id))
         status = "FINISHED"
         try:
             yield run_id
@@ -238,7 +256,10 @@ class Tracker:
             status = "FAILED"
             raise
         finally:
-            _RUN_STACK.reset(token)
+            try:
+                _RUN_STACK.reset(token)
+            except ValueError:  # closed from another context (e.g. by an async engine): restore by value
+                _RUN_STACK.set(outer)
             with contextlib.suppress(Exception):  # never mask the stage's own exception with a tracking error
                 self.client.set_terminated(run_id, status=status)
 
@@ -307,14 +328,16 @@ class Tracker:
     ) -> None:
         """Record that the current stage read `source_uri` (an artifact URI) with `digest`, as an MLflow input.
 
-        `path` is the local copy that was read (a table file or an artifact folder): its schema and row count become
-        the dataset's profile. The source URI and digest are what `rstar lineage` follows.
+        `path` is the local copy that was read (a table file or an artifact folder): its schema and rows become the
+        dataset's profile (tables over 64 MiB are profiled from their first 10,000 rows; the `rstar.rows` input tag
+        has the true count). The source URI and digest are what `rstar lineage` follows.
         """
         from mlflow.data.polars_dataset import from_polars
         from mlflow.entities import DatasetInput, InputTag
 
         rid = self._target(run_id, "log_dataset")
-        frame = _load_frame(Path(path))
+        path = Path(path)
+        frame = _load_frame(path)
         with warnings.catch_warnings():  # "file://... can be interpreted in multiple ways": all mean the same file
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_polars(frame, source=source_uri, name=name, digest=digest)
@@ -323,6 +346,9 @@ class Tracker:
             InputTag(key="rstar.digest", value=digest),
             InputTag(key="rstar.source", value=source_uri),
         ]
+        rows = _row_count(path)
+        if rows is not None:
+            tags.append(InputTag(key="rstar.rows", value=str(rows)))
         self.client.log_inputs(rid, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None, *, run_id: str | None = None) -> None:

@@ -223,6 +223,21 @@ def test_each_stage_logs_its_inputs_with_source_and_digest(world: World) -> None
         assert ds.digest == digest and tags["rstar.digest"] == digest, stage
         assert tags["mlflow.data.context"] == context, stage
         assert json.loads(ds.profile)["num_rows"] == rows, stage
+        assert tags.get("rstar.rows") == (None if stage == "build-data" else str(rows)), stage  # 2 tables: no count
+
+
+def test_big_tables_are_profiled_from_a_sample(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import infra.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_FULL_READ_BYTES", 1)  # every table counts as big
+    monkeypatch.setattr(tracking, "_SAMPLE_ROWS", 5)
+    table = tmp_path / "nodes.parquet"
+    pl.DataFrame({"q": [float(i) for i in range(50)]}).write_parquet(table)
+    with world.tracker.stage_run("sampled") as rid:
+        world.tracker.log_dataset(table, "s3://b/rounds/1/trees/x/nodes.parquet", "x", "trees", "trees")
+    [inp] = world.tracker.client.get_run(rid).inputs.dataset_inputs
+    assert json.loads(inp.dataset.profile)["num_rows"] == 5
+    assert {t.key: t.value for t in inp.tags}["rstar.rows"] == "50"
 
 
 def test_models_are_registered_with_aliases(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

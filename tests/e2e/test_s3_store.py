@@ -71,7 +71,7 @@ def record_calls(store: S3Store) -> list[tuple[str, str]]:
 
 def test_put_get_layout_and_manifest_last(s3_bucket: str, moto_endpoint: str, s3_client: Any, tmp_path: Path) -> None:
     store = make_store(s3_bucket, moto_endpoint, tmp_path)
-    files = {"nodes.parquet": b"n" * 3000, "sub/problems.parquet": b"p" * 10}
+    files = {"nodes.parquet": b"n" * 3000, "sub/problems.parquet": b"p" * 10, "sub/manifest.json": b"{}"}
     key = artifact_key(1, "trees", "d1")
     calls = record_calls(store)
 
@@ -79,10 +79,10 @@ def test_put_get_layout_and_manifest_last(s3_bucket: str, moto_endpoint: str, s3
 
     assert ref.uri == f"s3://{s3_bucket}/exp/rounds/1/trees/d1" and ref.rows == 3 and ref.digest == "d1"
     listed = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
-    assert listed == [f"exp/{key}/{MANIFEST_NAME}", f"exp/{key}/nodes.parquet", f"exp/{key}/sub/problems.parquet"]
+    assert listed == [f"exp/{key}/{MANIFEST_NAME}", *(f"exp/{key}/{rel}" for rel in sorted(files))]
     writes = [(op, k) for op, k in calls if op in ("PutObject", "CreateMultipartUpload", "CompleteMultipartUpload")]
     assert writes[-1] == ("PutObject", f"exp/{key}/{MANIFEST_NAME}")  # the commit marker goes last
-    assert len(writes) == 3
+    assert len(writes) == 4
     head = s3_client.head_object(Bucket=s3_bucket, Key=f"exp/{key}/nodes.parquet")
     assert head["Metadata"]["sha256"] == sha256_file(tmp_path / "src" / "nodes.parquet")[0]
 
@@ -91,7 +91,7 @@ def test_put_get_layout_and_manifest_last(s3_bucket: str, moto_endpoint: str, s3
     assert got == tmp_path / "cache" / "d1"
     assert all((got / rel).read_bytes() == data for rel, data in files.items())
     assert store.read_manifest(key).files["nodes.parquet"]["size"] == 3000
-    assert store.list_artifacts() == [key] and store.list_artifacts("rounds/2") == []
+    assert store.list_artifacts() == [key] and store.list_artifacts("rounds/2") == []  # sub/manifest.json is a file
 
 
 def test_multipart_upload_round_trip(s3_bucket: str, moto_endpoint: str, s3_client: Any, tmp_path: Path) -> None:
