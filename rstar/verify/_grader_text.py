@@ -500,6 +500,40 @@ def _clean_items(text: str, levels: int) -> str:
     return ", ".join(t for t in out if t)
 
 
+_PY_HINT = re.compile(r"\*\*|(?<![\\a-zA-Z])(?:sqrt|exp|Abs|pi|oo|I|E)(?![a-zA-Z])")
+_PY_FUNC = re.compile(r"(?<![\\a-zA-Z])(sqrt|exp|Abs)\(")
+_PY_POW = re.compile(r"\*\*\s*(\((?:[^()]|\([^()]*\))*\)|[\w.]+)")
+
+
+def _pythonic(text: str) -> str:
+    """Python / sympy printing -> LaTeX: `x**2` -> `x^{2}`, `sqrt(2)` -> `\\sqrt{2}`, `exp(2)` -> `e^{2}`,
+    `Abs(x)` -> `|x|`, `pi` -> `\\pi`, `oo` -> `\\infty`, `I` -> `i` (the policy's code prints these)."""
+    if not _PY_HINT.search(text):
+        return text
+    out = []
+    i = 0
+    for m in _PY_FUNC.finditer(text):
+        if m.start() < i:
+            continue
+        close = group_end(text, m.end() - 1)
+        if close is None:
+            continue
+        inner = _pythonic(text[m.end() : close - 1])
+        name = m.group(1)
+        out.append(text[i : m.start()])
+        out.append({"sqrt": "\\sqrt{%s}", "exp": "e^{%s}", "Abs": "|%s|"}[name] % inner)
+        i = close
+    t = "".join(out) + text[i:]
+    t = _PY_POW.sub(lambda m: "^{" + (m.group(1)[1:-1] if m.group(1).startswith("(") else m.group(1)) + "}", t)
+    t = re.sub(r"(?<=\d)\s*\*\s*(?=[a-zA-Z\\])", "", t)  # 5*I -> 5I: implicit product, as LaTeX writes it
+    t = re.sub(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])", r"\\pi", t)
+    t = re.sub(r"(?<![\\a-zA-Z])oo(?![a-zA-Z])", r"\\infty", t)
+    if re.search(r"[\d*+/^-]", t):  # `I` and `E` as constants only inside an expression, never a lone choice letter
+        t = re.sub(r"(?<![\\a-zA-Z])I(?![a-zA-Z])", "i", t)
+        t = re.sub(r"(?<![\\a-zA-Z_])E(?![a-zA-Z(_])", "e", t)
+    return t
+
+
 def clean(answer: str) -> str:
     """Canonical LaTeX for an answer (see module docstring). Never raises."""
     t = answer.strip()
@@ -517,6 +551,7 @@ def clean(answer: str) -> str:
     t = t.replace("$", " ").replace("\\(", " ").replace("\\)", " ").replace("\\[", " ").replace("\\]", " ")
     t = t.replace("\x00", "\\$")
     t = re.sub(r"[\s\x00-\x1f]+", " ", t).strip()
+    t = _pythonic(t)
     t = re.sub(r"(?i)\s*I hope it is correct\.?$", "", t)
     t = _LEFT_RIGHT.sub(lambda m: m.group(1) if m.group(1) and m.group(1) != "." else "", t)
     t = t.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lbrack", "[").replace("\\rbrack", "]")

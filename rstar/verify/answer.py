@@ -10,24 +10,29 @@ stages and runs are comparable.
     is_equiv("[0,1)", "(0,1)")                                    # False: interval ends matter
     answer_key("\\dfrac{1}{2}") == answer_key("0.5")              # True: majority-voting key
 
-How a pair is decided (the `method` of a `GradeResult`), cheapest rule first, each decisive when it applies:
+How a pair is decided (the `method` of a `GradeResult`), cheapest rule first, each decisive when it applies (the full
+list of policies, with reasons, is in docs/grading.md):
 
-1. `fast`: both are plain decimal numbers (`25`, `025`, `27.0`): compared as decimals, no cleaning. Microseconds.
-2. `key`: equal canonical keys (`answer_key`): cleaned LaTeX, numbers as exact fractions, sets sorted.
+1. `fast`: both are plain decimal numbers (`25`, `025`, `27.0`): compared as decimals, no cleaning. ~3 microseconds.
+2. `exact` / `key`: equal after cleaning (`normalize_answer`) or equal canonical keys (`answer_key`).
 3. `numeric`: both are numbers (integers, decimals, fractions, `\\frac`, mixed numbers, scientific notation,
-   percentages, thousands separators); equal within a relative 1e-6. `10%` equals both `10` and `0.1`. An ambiguous
-   comma (`1,22`, `2,125`) is read as a decimal or thousands separator when the other answer is a single number.
-4. `choice` / `text`: multiple-choice letters (`(B)`, `\\text{(B)}`, `B`), plain-text answers (case-insensitive).
-5. `structure`: tuples and intervals (ordered, brackets must match), sets and bare lists (order-insensitive),
+   percentages, thousands separators). Integers and fractions compare exactly; with a decimal on either side, within
+   a relative 1e-6. `10%` equals both `10` and `0.1`. An ambiguous comma (`1,22`, `2,125`) is read as a decimal or
+   thousands separator when the other answer is a single number.
+4. `base` / `choice` / `text`: `204_5` (digits and base), multiple-choice letters (`(B)`, `\\text{(B)}`, `B`),
+   plain-text answers (case-insensitive).
+5. `assignment`: `x = 5` against `5`; chains `x = 2+3 = 5` keep the last value; `x \\approx 1.41` keeps 1.41.
+6. `structure`: tuples and intervals (ordered, brackets must match), sets and bare lists (order-insensitive),
    unions, matrices, `\\pm`: compared element by element with these same rules.
-6. `assignment`: `x = 5` against `5`; chains `x = 2+3 = 5` keep the last value; `x \\approx 1.41` keeps x's value.
 7. `math_verify`: everything else (expressions, equations, inequalities against intervals) goes to math-verify +
-   sympy in a separate worker process with a hard wall-clock limit (`timeout_s`); `timeout` when it overran.
+   sympy in a worker process; `timeout` when it overran its limit.
 
 Symbolic checks run in `rstar.verify._grader_pool` worker processes: they work from any thread (math-verify's own
 `signal.alarm` timeout only works in the main thread) and a pathological expression (`9^{9^{9}}-9^{9^{9}}`) is killed
-at the limit instead of hanging a Prefect worker. Results are memoised per (gold, pred, timeout). Nothing here raises
-on bad input: empty strings, an unclosed `\\boxed{`, junk bytes and megabyte strings all give a result.
+at its limit instead of hanging a Prefect worker. `timeout_s` is CPU seconds of the worker per symbolic check (so a
+verdict does not depend on machine load), and a comparison's symbolic checks together stop after `WALL_FACTOR` x
+`timeout_s` of wall time (waiting for a free or starting worker not counted). Results are memoised per (gold, pred, timeout). Nothing here raises on bad input: empty strings, an unclosed
+`\\boxed{`, junk bytes and megabyte strings all give a result.
 """
 
 from __future__ import annotations
@@ -43,10 +48,13 @@ from rstar.verify import _grader_text as gt
 
 __all__ = ["GradeResult", "answer_key", "extract_answer", "grade", "is_equiv", "normalize_answer"]
 
-REL_TOL = Fraction(1, 10**6)
+REL_TOL = Fraction(1, 10**6)  # between numbers when one is a decimal: float noise and 6-digit prints pass, 5.001 != 5
+ABS_TOL = Fraction(1, 10**12)  # around zero: cos(pi/2) printed as 6.1e-17 is 0
+_REL_TOL_DEC, _ABS_TOL_DEC = Decimal("1e-6"), Decimal("1e-12")
 MAX_DIGITS = 4000  # longer numbers are compared as strings (int() of a huge digit string is quadratic)
 MAX_EXPONENT = 1000  # 1e999999999 would build a billion-digit Fraction
 MAX_ITEMS = 64  # longer lists are compared by key only
+MAX_CACHED_CHARS = 1000  # memoise only answers (pairs) up to this length
 MAX_SYMBOLIC_CHARS = 600  # longer answers are compared as strings: no real answer is this long, a runaway is
 WALL_FACTOR = 4.0  # wall-clock cap of a comparison, in multiples of its CPU limit `timeout_s` (matters under load)
 
@@ -97,15 +105,18 @@ def normalize_answer(answer: str) -> str:
 def answer_key(answer: str) -> str:
     """Equivalence-class key for majority voting (maj@k): equal keys imply `is_equiv` is True.
 
-    Numbers become exact fractions (`0.5`, `\\frac{1}{2}`, `50\\%`... no: `50%` keys as `50`), sets and bare lists
-    are sorted, tuples keep their order, multiple-choice letters and text are canonicalised. Answers that need
+    Numbers become exact fractions (`0.5`, `\\frac{1}{2}` and `1/2` share "1/2"; `50%` keys as "50"), sets and bare
+    lists are sorted, tuples keep their order, multiple-choice letters and words are canonicalised. Answers that need
     symbolic algebra to compare (`(x+1)^2` vs `x^2+2x+1`) keep distinct keys: a key is sound, not complete.
     """
     return _key(_clean(_as_text(answer)))
 
 
 def is_equiv(gold: str, pred: str, *, timeout_s: float = 2.0) -> bool:
-    """Whether `pred` is the same answer as `gold` (both already extracted answers, not full outputs)."""
+    """Whether `pred` is the same answer as `gold` (both already extracted answers, not full outputs).
+
+    `timeout_s` is the CPU time one symbolic check may use in its worker process; an overrun grades False.
+    """
     return _decide(_as_text(gold), _as_text(pred), float(timeout_s))[0]
 
 
@@ -152,26 +163,38 @@ _PLAIN = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*$")
 def _decide(gold: str, pred: str, timeout_s: float) -> tuple[bool, str]:
     if len(gold) < 64 and len(pred) < 64 and _PLAIN.match(gold) and _PLAIN.match(pred):
         try:
-            return Decimal(gold) == Decimal(pred), "fast"
+            a, b = Decimal(gold), Decimal(pred)
         except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
             pass
+        else:
+            if a == b:
+                return True, "fast"
+            if "." not in gold and "." not in pred:
+                return False, "fast"  # two integers: exact
+            diff = abs(a - b)
+            return diff <= _REL_TOL_DEC * max(abs(a), abs(b)) or diff <= _ABS_TOL_DEC, "fast"
     if not gold.strip() or not pred.strip():
         return False, "empty"
     if len(gold) + len(pred) > 2 * gt.MAX_ANSWER_CHARS:
         same = " ".join(gold.split()) == " ".join(pred.split())
         return same, "too_long"
+    if len(gold) + len(pred) > MAX_CACHED_CHARS:
+        return _decide_uncached(gold, pred, timeout_s)
     return _decide_cached(gold, pred, timeout_s)
 
 
-@lru_cache(maxsize=1 << 16)
-def _decide_cached(gold: str, pred: str, timeout_s: float) -> tuple[bool, str]:
+def _decide_uncached(gold: str, pred: str, timeout_s: float) -> tuple[bool, str]:
     limit = max(0.05, timeout_s)
     return _compare(_clean(gold), _clean(pred), _Budget(limit, time.monotonic() + WALL_FACTOR * limit), 0)
 
 
-@lru_cache(maxsize=1 << 16)
+# Memoised: the search grades the same terminal answers over and over. Long strings are not kept (memory).
+_decide_cached = lru_cache(maxsize=1 << 16)(_decide_uncached)
+_clean_cached = lru_cache(maxsize=1 << 16)(gt.clean)
+
+
 def _clean(answer: str) -> str:
-    return gt.clean(answer)
+    return _clean_cached(answer) if len(answer) <= MAX_CACHED_CHARS else gt.clean(answer)
 
 
 def _compare(g: str, p: str, budget: _Budget, depth: int) -> tuple[bool, str]:
@@ -256,6 +279,7 @@ _AMBIGUOUS_COMMA = re.compile(r"^-?\d+(?:,\d+)+(?:\.\d+)?$")
 class _Num:
     value: Fraction
     percent: bool
+    exact: bool = True  # written as an integer or a fraction (no decimal point, no exponent): compared exactly
 
 
 def _dec(s: str) -> Fraction | None:
@@ -284,7 +308,7 @@ def _number(s: str) -> _Num | None:
             if abs(k) > MAX_EXPONENT:
                 return None
             v *= Fraction(10) ** k
-        return _Num(-v if sign == "-" else v, bool(pct))
+        return _Num(-v if sign == "-" else v, bool(pct), "." not in mant and exp is None)
     m = _FRAC_RE.match(t)
     if m:
         sign, whole, a, b, pct = m.groups()
@@ -294,7 +318,7 @@ def _number(s: str) -> _Num | None:
         v = num / den
         if whole:
             v = Fraction(int(whole)) + v  # mixed number: 918\frac{1}{2} = 918.5
-        return _Num(-v if sign == "-" else v, bool(pct))
+        return _Num(-v if sign == "-" else v, bool(pct), "." not in a + b)
     m = _SLASH_RE.match(t)
     if m:
         sign, a, b, pct = m.groups()
@@ -302,7 +326,7 @@ def _number(s: str) -> _Num | None:
         if num is None or den is None or den == 0:
             return None
         v = num / den
-        return _Num(-v if sign == "-" else v, bool(pct))
+        return _Num(-v if sign == "-" else v, bool(pct), "." not in a + b)
     m = _POW10_RE.match(t)
     if m and abs(int(m.group(2))) <= MAX_EXPONENT:
         v = Fraction(10) ** int(m.group(2))
@@ -310,18 +334,23 @@ def _number(s: str) -> _Num | None:
     return None
 
 
-def _close(a: Fraction, b: Fraction) -> bool:
+def _close(a: Fraction, b: Fraction, exact: bool) -> bool:
     if a == b:
         return True
-    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+    if exact:
+        return False
+    diff = abs(a - b)
+    return diff <= REL_TOL * max(abs(a), abs(b)) or diff <= ABS_TOL
 
 
 def _numbers_equal(g: _Num, p: _Num) -> bool:
-    if _close(g.value, p.value):
+    """Integers and fractions compare exactly; when either side is a decimal, within REL_TOL (or ABS_TOL near 0)."""
+    exact = g.exact and p.exact
+    if _close(g.value, p.value, exact):
         return True
     if g.percent != p.percent:  # "10%" is both 10 and 0.1
         pct, other = (g, p) if g.percent else (p, g)
-        return _close(pct.value / 100, other.value)
+        return _close(pct.value / 100, other.value, exact)
     return False
 
 
@@ -332,11 +361,11 @@ def _comma_readings(s: str) -> list[_Num]:
     if all(len(g.split(".")[0]) == 3 for g in groups):
         v = _dec(head + "".join(groups))
         if v is not None:
-            out.append(_Num(v, False))
+            out.append(_Num(v, False, "." not in s))
     if len(groups) == 1 and "." not in s:
         v = _dec(head + "." + groups[0])
         if v is not None:
-            out.append(_Num(v, False))
+            out.append(_Num(v, False, False))
     return out
 
 
@@ -509,8 +538,11 @@ def _compare_structures(g: _Struct, p: _Struct, budget: _Budget, depth: int) -> 
         if (g.open, g.close) != (p.open, p.close):
             return False
         return all(_item_equal(a, b, budget, depth) for a, b in zip(g.items, p.items, strict=True))
-    # a tuple against a set or a bare list: compared in the written order ((1,3) == {1,3}, (3,1) != {1,3})
+    # a tuple against a set or a bare list: compared in the written order ((1,3) == {1,3}, (3,1) != {1,3});
+    # a bracketed list against a set is a printed Python list of solutions ([-2, 1] == "1, -2")
     tup = g if g.kind == "tuple" else p
+    if (tup.open, tup.close) == ("[", "]"):
+        return _unordered_equal(g.items, p.items, budget, depth)
     if tup.open != "(" or tup.close != ")":
         return None
     return all(_item_equal(a, b, budget, depth) for a, b in zip(g.items, p.items, strict=True))
@@ -538,7 +570,7 @@ def _unordered_equal(g: tuple[str, ...], p: tuple[str, ...], budget: _Budget, de
 # Keys
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 14)
 def _key(c: str) -> str:
     """Canonical key of a cleaned answer; equal keys mean equal answers under `_compare`."""
     if len(c) > MAX_SYMBOLIC_CHARS:

@@ -203,6 +203,35 @@ def test_grading_full_outputs(gold: str, output: str, expected: bool) -> None:
     assert grade(gold, output).correct is expected
 
 
+# What the policy's final code prints (Python / sympy output) against MATH-style golds.
+PRINTED: list[tuple[str, str, bool]] = [
+    ("4", "4.0", True),
+    ("10", "10.000000000000002", True),  # float noise
+    ("0", "6.123233995736766e-17", True),
+    ("1000000", "1000001", False),  # integers compare exactly, no tolerance
+    ("\\frac{1}{3}", "0.3333333333333333", True),
+    ("\\frac{1}{3}", "0.33", False),
+    ("\\frac{1}{3}", "1/3", True),
+    ("\\frac{\\sqrt{2}}{2}", "sqrt(2)/2", True),
+    ("\\frac{3\\sqrt{3}}{2}", "3*sqrt(3)/2", True),
+    ("\\frac{\\pi}{4}", "pi/4", True),
+    ("\\frac{\\pi}{4}", "pi/3", False),
+    ("\\sqrt[3]{2}", "2**(1/3)", True),
+    ("x^2+2x+1", "x**2 + 2*x + 1", True),
+    ("6 - 5i", "6 - 5*I", True),
+    ("(2,\\infty)", "(2, oo)", True),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, pi/2)", True),
+    ("1,-2", "[-2, 1]", True),  # a printed Python list of solutions
+    ("1,-2", "[-2, 2]", False),
+    ("\\{1, 2\\}", "{1, 2}", True),
+]
+
+
+@pytest.mark.parametrize(("gold", "printed", "expected"), PRINTED)
+def test_grading_what_the_policy_code_prints(gold: str, printed: str, expected: bool) -> None:
+    assert grade(gold, f"print(ans)\n<end_of_code>\n<output>\n{printed}\n<end_of_output>\n").correct is expected
+
+
 def test_external_cases_agree_at_least_95_percent(shared_data: Path) -> None:
     """318 gold/pred verdicts asserted by Math-Verify, hendrycks/math and NeMo-Skills test suites.
 
