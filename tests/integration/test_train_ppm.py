@@ -180,7 +180,12 @@ def test_pair_weights_scale_the_loss(base: Path, tmp_path: Path) -> None:
         {"chosen_ids": tok("b + 2")["input_ids"], "rejected_ids": tok("b")["input_ids"], "weight": 0.0},
     ]
     args = RewardConfig(
-        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", activation_checkpointing=False
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        activation_checkpointing=False,
+        per_device_train_batch_size=2,
     )
     trainer = trainer_cls(
         model=model,
@@ -189,13 +194,17 @@ def test_pair_weights_scale_the_loss(base: Path, tmp_path: Path) -> None:
         processing_class=tok,
         data_collator=collator_cls(pad_token_id=tok.pad_token_id),
     )
-    batch = trainer.data_collator(examples)
-    assert batch["weight"].tolist() == [2.0, 0.0]
+    # the weights survive the trainer's column filtering and reach the loss
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert sorted(batch["weight"].tolist()) == [0.0, 2.0]
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch))
         rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
-    expected = (2.0 * -F.logsigmoid(rewards[0] - rewards[2]) + 0.0) / 2
+    chosen, rejected = rewards[:2], rewards[2:]
+    expected = (batch["weight"] * -F.logsigmoid(chosen - rejected)).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    unweighted = -F.logsigmoid(chosen - rejected).mean()
+    assert float(loss) != pytest.approx(float(unweighted), rel=1e-3)
 
 
 @pytest.mark.slow
