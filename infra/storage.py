@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from infra.settings import Settings, code_version, get_settings, git_commit
@@ -320,6 +320,7 @@ def _cached_manifest_matches(folder: Path, manifest: Manifest) -> bool:
 # ------------------------------------------------------------------------------------------------------- the interface
 
 
+@runtime_checkable
 class ArtifactStore(Protocol):
     """Where artifacts live. Keys are store-relative (`rounds/3/trees/<digest>`); URIs are absolute."""
 

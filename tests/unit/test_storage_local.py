@@ -17,6 +17,7 @@ from infra.settings import Settings
 from infra.storage import (
     MANIFEST_NAME,
     ArtifactRef,
+    ArtifactStore,
     LocalStore,
     Manifest,
     S3Store,
@@ -188,8 +189,9 @@ def test_bad_keys_are_refused(store: LocalStore, tmp_path: Path, bad: str) -> No
 def test_open_store_follows_settings(tmp_path: Path) -> None:
     local = open_store(Settings(home=tmp_path / "h"))
     assert isinstance(local, LocalStore) and local.root == tmp_path / "h" / "artifacts"
+    assert isinstance(local, ArtifactStore)  # both stores satisfy the protocol tasks are written against
     s3 = open_store(Settings(home=tmp_path, artifact_url="s3://bkt/pre/fix", s3_endpoint_url="http://127.0.0.1:1"))
-    assert isinstance(s3, S3Store) and (s3.bucket, s3.prefix) == ("bkt", "pre/fix")
+    assert isinstance(s3, S3Store) and isinstance(s3, ArtifactStore) and (s3.bucket, s3.prefix) == ("bkt", "pre/fix")
     assert s3.uri("rounds/1/trees/d") == "s3://bkt/pre/fix/rounds/1/trees/d"
     assert isinstance(store_for_uri("s3://other/x/y", Settings(home=tmp_path)), S3Store)
     assert isinstance(store_for_uri("file:///x/y", Settings(home=tmp_path)), LocalStore)
