@@ -51,7 +51,9 @@ def register(subparsers: Any) -> None:
         default="greedy",
         help="comma-separated modes: greedy, maj, bon, beam, mcts, mcts-topk (default greedy)",
     )
-    p.add_argument("--budget", type=int, default=None, help="samples / beam width / rollouts (one value)")
+    p.add_argument(
+        "--budget", type=int, default=None, help="samples / beam width / rollouts (default 8; greedy ignores it)"
+    )
     p.add_argument("--budgets", type=_budgets, default=None, help="several budgets for a scaling curve, e.g. 1,4,16")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
     p.add_argument(
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         policy,
         benchmarks,
         modes,
-        budgets or [1],
+        budgets or [8],
         args.out,
         reward_model=ppm,
         config=config,
