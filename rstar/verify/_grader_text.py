@@ -1,7 +1,9 @@
 """String side of the grader: find the answer in a model output, and clean an answer into a canonical LaTeX string.
 
-Private helpers of `rstar.verify.answer` (the public API lives there). Everything here is pure string work with regexes
-that run in linear time, so a 1 MB output or a malformed `\\boxed{` costs milliseconds and never raises.
+Private helpers of `rstar.verify.answer` (the public API lives there). Everything here is pure string work: scans of a
+whole output are linear (no regex that backtracks over a run of unclosed `$` or `\\boxed{`), and the regexes that
+could be slower only see an extracted answer of bounded length, so a 1 MB output costs milliseconds and nothing
+raises.
 
 - `extract(text)`: the answer a text states: the last `\\boxed{}` (adjacent boxes joined: `\\boxed{1}, \\boxed{2}`),
   "Final Answer: ...", "The answer is ...", GSM8K "#### ...", our step format's `<output>` block, else the last LaTeX
@@ -107,8 +109,9 @@ def last_boxed_group(text: str) -> str | None:
     """The last boxed answer; boxes right before it join it when only a separator stands between them.
 
     `\\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}` -> "-2, 1" (a model boxing each root separately), while
-    `\\boxed{1} no no no \\boxed{2}` -> "2". Same rule as Math-Verify: gap under 10 characters, or under 70 with
-    "and" / "or" / "," / ";" in it. Identical neighbours count once.
+    `\\boxed{1} no no no \\boxed{2}` -> "2". Math-Verify's rule (a gap under 10 characters, or under 70 with "and" /
+    "or" / "," / ";" in it) plus: at most three other words and no sentence end in the gap. Identical neighbours
+    count once.
     """
     spans = _boxed_spans(text)
     if not spans:
@@ -133,9 +136,6 @@ def last_boxed_group(text: str) -> str | None:
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
 _SEPARATOR_WORDS = {"and", "or", "pct", "percent", "percentage", "degrees", "degree", "dollars", "cents"}
 _TEXT_ARG = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}")
-_MATH_SEG = re.compile(
-    r"\$\$(?P<a>[^$]+)\$\$|\\\[(?P<b>(?:[^\\]|\\(?!\]))+)\\\]|\\\((?P<c>(?:[^\\]|\\(?!\)))+)\\\)|(?<!\\)\$(?P<d>(?:\\\$|[^$])+)\$"
-)
 _NUMBER_IN_TEXT = re.compile(
     r"(?<![\w.^_])[-−]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:[.,]\d+)?)(?:/\d+(?:\.\d+)?)?(?:\s*(?:%|\\%))?(?!\.?\d|,\d|[\^_])"
 )
@@ -171,7 +171,7 @@ def looks_like_answer(text: str) -> bool:
     if words == 0:
         return True
     # "28 percent", "\text{Evelyn}", "odd" are answers; "Soucis : 2,74 $ a.." is prose around a number
-    return words <= 2 and not _NUMBER_IN_TEXT.search(_TEXT_ARG.sub(" ", t)) and not _MATH_SEG.search(t)
+    return words <= 2 and not _NUMBER_IN_TEXT.search(_TEXT_ARG.sub(" ", t)) and _last_math_segment(t) is None
 
 
 def strip_delimiters(text: str) -> str:

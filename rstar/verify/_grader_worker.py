@@ -71,18 +71,9 @@ def main() -> None:
             return None, "unparsed"
         return bool(verify(g, p, timeout_seconds=None)), "math_verify"
 
-    # Warm every code path (parser, simplify, relations, sets, intervals, matrices) before saying ready, so that lazy
-    # imports inside sympy never count against the first real check's time limit.
-    for g, p in (
-        ("\\frac{1}{2}", "0.5"),
-        ("x^2+2x+1", "(x+1)^2"),
-        ("x=1", "1"),
-        ("2x+4y=3", "y=-x/2+3/4"),
-        ("[0,1)", "0\\le x<1"),
-        ("\\{1,2\\}", "\\{2,1\\}"),
-        ("\\sin^2(x)+\\cos^2(x)", "1"),
-        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
-    ):
+    # Warm the slow first-time paths (the parser, sympy's simplify, relations) before saying ready, so that lazy
+    # initialisation inside sympy (~0.5 s) never counts against the first real check's time limit.
+    for g, p in (("\\frac{1}{2}", "0.5"), ("x^2+2x+1", "(x+1)^2"), ("[0,1)", "0\\le x<1")):
         check(g, p)
     _set_limits()
     out = sys.stdout

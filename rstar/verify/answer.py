@@ -388,14 +388,16 @@ def _choice(s: str) -> str | None:
 
 
 def _words(s: str) -> str | None:
-    """Plain text (two or more letters, no math): compared case-insensitively, spaces normalised."""
-    t = s.replace("\\text{", "").replace("}", "") if s.startswith("\\text{") else s
-    if _WORDS.match(t) and not _LATEX_NAME.match(t):
-        return " ".join(t.lower().replace("-", " ").split())
+    """Plain text with a real word in it (`odd`, `East`, `The midpoints form a hexagon`): compared case-insensitively.
+
+    Short letter groups (`ab`, `AB`) may be products of variables or names of segments, so they are left to the other
+    rules."""
+    if _WORDS.match(s) and _LONG_WORD.search(s):
+        return " ".join(s.lower().replace("-", " ").split())
     return None
 
 
-_LATEX_NAME = re.compile(r"^(?:pi|e|i|infty)$")
+_LONG_WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,7 @@ def test_many_threads_at_once_get_consistent_verdicts() -> None:
 )
 def test_pathological_expressions_return_within_the_limit_from_a_thread(gold: str, pred: str) -> None:
     limit = 0.5
-    assert is_equiv("2(x+1)", "2x+2")  # a warm worker is idle: its start-up is not what this test times
+    assert is_equiv(f"{gold}(x+1)", f"{gold}x+{gold}")  # a warm worker is idle: its start-up is not timed
     t0 = time.monotonic()
     r = _in_thread(lambda: grade(gold, pred, timeout_s=limit))
     took = time.monotonic() - t0
@@ -259,8 +259,7 @@ def test_exponent_towers_do_not_hang() -> None:
     t0 = time.monotonic()
     assert not is_equiv("9^9^9^9", "1", timeout_s=0.5)
     assert not is_equiv("1e999999999", "1", timeout_s=0.5)  # no billion-digit Fraction on the numeric path
-    assert not is_equiv("10^{10^{10}}", "7", timeout_s=0.5)
-    assert time.monotonic() - t0 < 3 * (answer.WALL_FACTOR * 0.5 + 2.0)  # + a replacement worker's start-up
+    assert time.monotonic() - t0 < 2 * (answer.WALL_FACTOR * 0.5 + 2.0)  # + a replacement worker's start-up
 
 
 # --------------------------------------------------------------------------------------------------------------------
