@@ -46,34 +46,19 @@ class BenchmarkLoadError(BenchmarkError):
 # --------------------------------------------------------------------------------------------------------------------
 # Answer normalisation at load time
 
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
-_INT = re.compile(r"[-+]?\d+")
-_FLOAT = re.compile(r"[-+]?\d+\.\d*")
-
-
-def strip_thousands(answer: str) -> str:
-    """`2,125` -> `2125`; leaves anything that is not a thousands-grouped number (e.g. the tuple `1,2`) alone."""
-    s = answer.strip()
-    return s.replace(",", "") if _THOUSANDS.fullmatch(s) else s
-
 
 def canonical_number(answer: str) -> str:
-    """Integer-valued numbers in one form: `025` -> `25`, `27.0` -> `27`, `1,000` -> `1000`; other text unchanged."""
-    s = strip_thousands(answer.strip().rstrip("."))
-    if _INT.fullmatch(s):
-        return str(int(s))
-    if _FLOAT.fullmatch(s):
-        value = float(s)
-        if value.is_integer():
-            return str(int(value))
-        return s.rstrip("0") if "." in s else s
-    return answer.strip()
+    """A gold answer in the grader's display form (`rstar.verify.answer.normalize_answer`, the project's one
+    normaliser): `025` -> `25`, `27.0` -> `27`, `1,000` -> `1000`, `$18` -> `18`; the tuple `1,2` stays as it is."""
+    from rstar.verify.answer import normalize_answer
+
+    return normalize_answer(answer)
 
 
 def gsm8k_answer(answer: str) -> str:
     """GSM8K golds: the number after `####` in a full solution (or the bare answer), without thousands separators."""
     tail = answer.rsplit("####", 1)[1] if "####" in answer else answer
-    return canonical_number(tail.strip().replace("$", ""))
+    return canonical_number(tail.strip())
 
 
 # --------------------------------------------------------------------------------------------------------------------
