@@ -96,7 +96,8 @@ class HFRewardModel:
 
     Args: `path` a PPM folder; `model_id` the spec string naming it; `device` ("cpu", "cuda", ...; default: CUDA when
     available); `batch_size` prefixes per forward pass; `max_length` tokens kept per prefix (default: the training
-    max_length from `rstar_train.json`, capped by the model's context); `dtype` (default bf16 on CUDA, fp32 on CPU);
+    max_length from `rstar_train.json`, capped by the model's context); `dtype` (a name like "float32" or a torch
+    dtype; default bf16 on CUDA, fp32 on CPU);
     `temperature` divides the raw score before tanh; `allow_untrained_head` loads a plain causal LM with a random head
     (for tests / ablations only).
     """
@@ -109,7 +110,7 @@ class HFRewardModel:
         device: str | None = None,
         batch_size: int = 16,
         max_length: int | None = None,
-        dtype: str | None = None,
+        dtype: Any = None,
         temperature: float = 1.0,
         allow_untrained_head: bool = False,
     ) -> None:
@@ -125,7 +126,10 @@ class HFRewardModel:
                 "train one with `rstar train-ppm`"
             )
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.startswith("cuda") else torch.float32)
+        if dtype is None:
+            torch_dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = load_sequence_classifier(path, dtype=torch_dtype, device=dev)
         if max_length is None:
