@@ -3,8 +3,9 @@
 The budget is the beam width W. Each round every live beam proposes `config.beam_candidates` next steps (one policy
 call for all beams of all problems in the batch); code is executed (a step whose accumulated program fails is
 dropped, as in the MCTS); identical candidates of a problem are merged; every surviving candidate is scored by the
-PPM on its whole prefix. Candidates that reached an answer are set aside as finished, scored on the full trajectory;
-the best `W - finished` open candidates become the next beams. The search stops when W trajectories have finished,
+PPM on its whole prefix. Candidates that reached an answer are set aside as finished, scored on the full trajectory
+(at most W in all: when more finish in one round than there is room, the best-scored are kept); the best
+`W - finished` open candidates become the next beams. The search stops when W trajectories have finished,
 no beam is left, or `config.max_steps` steps were taken. The prediction is the highest-scoring finished trajectory's
 answer (ties: the one finished first). `tokens` counts every candidate generated, pruned ones included.
 """
