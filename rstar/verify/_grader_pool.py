@@ -42,7 +42,10 @@ class _Worker:
             start_new_session=True,  # its own process group, so a kill takes anything it started with it
         )
         self._buf = b""
-        line = self._readline(time.monotonic() + STARTUP_TIMEOUT_S)
+        try:
+            line = self._readline(time.monotonic() + STARTUP_TIMEOUT_S)
+        except _WorkerDied:
+            line = None
         if line != "ready":
             self.kill()
             raise RuntimeError(f"grader worker failed to start (said {line!r})")
@@ -57,8 +60,8 @@ class _Worker:
             return None
 
     def _readline(self, deadline: float, cpu_limit: float | None = None) -> str | None:
-        """One line from the worker; None when it died, at the wall-clock `deadline`, or once it has spent
-        `cpu_limit` CPU seconds on this request."""
+        """One line from the worker; None at the wall-clock `deadline` or once it has spent `cpu_limit` CPU seconds
+        on this request; raises _WorkerDied when it exited."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         cpu0 = self.cpu_seconds() if cpu_limit is not None else None
@@ -76,7 +79,7 @@ class _Worker:
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
-                return None
+                raise _WorkerDied  # end of file: the worker exited (crashed, killed, CPU rlimit)
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode("utf-8", "replace").strip()
@@ -140,10 +143,16 @@ class SymbolicPool:
 
     def _acquire(self) -> _Worker:
         with self._cond:
-            while not self._idle and self._count >= self.max_workers:
-                self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
+            while True:
+                while not self._idle and self._count >= self.max_workers:
+                    self._cond.wait()
+                if not self._idle:
+                    break
+                worker = self._idle.pop()
+                if worker.alive():
+                    return worker
+                self._count -= 1  # died while idle (OOM killer, ...): forget it and look again
+                worker.kill()
             self._count += 1
         try:
             return _Worker()
@@ -182,30 +191,34 @@ class SymbolicPool:
         """
         if wall_s is None:
             wall_s = 4 * timeout_s
-        try:
-            worker = self._acquire()
-        except (OSError, RuntimeError) as exc:
-            return None, f"error:worker-start:{type(exc).__name__}"
-        try:
-            verdict, method = worker.ask(gold, pred, timeout_s, wall_s)
-        except _WorkerTimeout:
-            worker.kill()
-            with self._cond:
-                self.timeouts += 1
-            self._replace_in_background()
-            return None, "timeout"
-        except (_WorkerDied, ValueError, KeyError):
-            worker.kill()
-            self._release(None)
-            with self._cond:
-                self.restarts += 1
-            return None, "error:worker-died"
-        except BaseException:
-            worker.kill()
-            self._release(None)
-            raise
-        self._release(worker)
-        return verdict, method
+        for attempt in range(2):  # a worker that dies under a check is replaced once; a second death is the answer's
+            try:
+                worker = self._acquire()
+            except (OSError, RuntimeError) as exc:
+                return None, f"error:worker-start:{type(exc).__name__}"
+            try:
+                verdict, method = worker.ask(gold, pred, timeout_s, wall_s)  # the clock starts with a ready worker
+            except _WorkerTimeout:
+                worker.kill()
+                with self._cond:
+                    self.timeouts += 1
+                self._replace_in_background()
+                return None, "timeout"
+            except (_WorkerDied, ValueError, KeyError):
+                worker.kill()
+                self._release(None)
+                with self._cond:
+                    self.restarts += 1
+                if attempt == 0:
+                    continue
+                return None, "error:worker-died"
+            except BaseException:
+                worker.kill()
+                self._release(None)
+                raise
+            self._release(worker)
+            return verdict, method
+        return None, "error:worker-died"  # pragma: no cover - the loop always returns
 
     def close(self) -> None:
         """Stop every idle worker (busy ones are stopped by their callers' kill or at interpreter exit)."""
