@@ -274,11 +274,13 @@ class EvolutionResult(BaseModel):
 class DemoDefaults:
     """`rstar demo`: self-evolution end to end on CPU with a small model and a generated problem world.
 
-    `bootstrap_policy` generates round 1's trees; `base_model` is what each round fine-tunes. Switching the demo to
-    SmolLM2-135M is `base_model="smollm2-135m"` (and a bootstrap policy fine-tuned on the world's seed SFT set).
+    `bootstrap_policy` generates round 1's trees (the CPU stand-in for the paper's large bootstrap model; `{train}`
+    is replaced by the generated training file, which the oracle fake reads gold answers from); `base_model` is what
+    every round fine-tunes and what round 2 onwards search with. Switching the demo to SmolLM2-135M is
+    `base_model="smollm2-135m"` (and, for a real bootstrap, `bootstrap_policy="smollm2-135m"` or a seed-SFT folder).
     """
 
-    bootstrap_policy: str = "fake:oracle"
+    bootstrap_policy: str = "fake:oracle?answers={train}&p_correct=0.5"
     base_model: str = "tiny:0"
     world_seed: int = 0
     train_problems: int = 24
@@ -288,6 +290,9 @@ class DemoDefaults:
     candidates: int = 2
     shard_size: int = 8
     eval_mode: str = "greedy"
+    search_extra: tuple[tuple[str, Any], ...] = (("max_depth", 6), ("max_step_tokens", 64))
+    train_extra: tuple[tuple[str, Any], ...] = (("max_length", 512),)
+    eval_extra: tuple[tuple[str, Any], ...] = (("max_steps", 6), ("max_step_tokens", 64))
 
 
 DEMO = DemoDefaults()

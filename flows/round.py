@@ -234,16 +234,14 @@ def publish_round_artifacts(
 @flow(name="evolution-round", flow_run_name=round_run_name)
 def evolution_round(params: RoundParams) -> RoundResult:
     """One self-evolution round; see the module docstring."""
-    from prefect.runtime import flow_run
-
     check_setup(params)
     k = params.round_idx
     logger = run_logger()
     store = open_store()
     prefix = store.uri(f"rounds/{k}")
     tracker = get_tracker()
-    tags = {"prefect_flow_run_id": str(flow_run.id or ""), "prefect_flow_run_name": str(flow_run.name or "")}
-    with tracker.round_run(k, params=params.model_dump(mode="json"), tags=tags) as run_id:
+    # The tracker tags every run and model version with the Prefect flow run and the git commit itself.
+    with tracker.round_run(k, params=params.model_dump(mode="json")) as run_id:
         problems = ingest_problems(params.problems, params.problem_limit)
         boost = ref_for(params.boost) if params.boost else None
         shards = shard_problems(
@@ -299,7 +297,7 @@ def evolution_round(params: RoundParams) -> RoundResult:
             accuracy = accuracy_of(eval_ref)
         promoted: dict[str, bool] = {}
         if params.register_models and (policy_ref is not None or ppm_ref is not None):
-            promoted = register_and_promote(policy_ref, ppm_ref, eval_ref, k, tags=tags)
+            promoted = register_and_promote(policy_ref, ppm_ref, eval_ref, k)
         if accuracy:
             tracker.log_metrics({f"accuracy/{b}": a for b, a in accuracy.items()})
         if coverage is not None:

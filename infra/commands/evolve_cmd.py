@@ -166,14 +166,17 @@ def demo_params(out_dir: Path, rounds: int | None = None) -> Any:
     return EvolutionParams(
         rounds=rounds or DEMO.rounds,
         problems=str(paths["train"]),
-        bootstrap_policy=DEMO.bootstrap_policy,
+        bootstrap_policy=DEMO.bootstrap_policy.format(**{k: str(v) for k, v in paths.items()}),
         rollouts_first_round=DEMO.rollouts,
         rollouts=DEMO.rollouts,
         extra_rollouts_unsolved=DEMO.rollouts,
         candidates=DEMO.candidates,
+        search_extra=dict(DEMO.search_extra),
         shard_size=DEMO.shard_size,
-        training=TrainingOptions(base_model=DEMO.base_model),
-        evaluation=EvalOptions(benchmarks=[f"world={paths['heldout']}"], mode=DEMO.eval_mode),
+        training=TrainingOptions(base_model=DEMO.base_model, extra=dict(DEMO.train_extra)),
+        evaluation=EvalOptions(
+            benchmarks=[f"world={paths['heldout']}"], mode=DEMO.eval_mode, extra=dict(DEMO.eval_extra)
+        ),
     )
 
 
@@ -184,14 +187,6 @@ def _prepare() -> Any:
     settings = get_settings()
     configure_prefect_env(settings)
     return settings
-
-
-def _require(params: Any, *names: str) -> None:
-    missing = [n for n in names if not getattr(params, n, None)]
-    if missing:
-        raise SystemExit(
-            f"missing: {', '.join('--' + n.replace('_', '-') for n in missing)} (or give them in --params)"
-        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,17 +204,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"rstar {action}: {exc}", file=sys.stderr)
         return 2
 
+    from flows.round import RoundFailed
+
     result: Any
-    if action == "round":
-        from flows.round import evolution_round
+    try:
+        if action == "round":
+            from flows.round import evolution_round
 
-        result = evolution_round(params)
-        _print_round(result)
-    else:
-        from flows.self_evolution import self_evolution
+            result = evolution_round(params)
+            _print_round(result)
+        else:
+            from flows.self_evolution import self_evolution
 
-        result = self_evolution(params)
-        _print_evolution(result, settings)
+            result = self_evolution(params)
+            _print_evolution(result, settings)
+    except RoundFailed as exc:
+        print(f"rstar {action}: {exc}", file=sys.stderr)
+        return 1
     if getattr(args, "json_out", None):
         args.json_out.write_text(result.model_dump_json(indent=2) + "\n")
     return 0
