@@ -1,7 +1,7 @@
 """Benchmark the sandbox: steps/s and latency of the isolated pool vs a fresh subprocess per step vs in-process exec.
 
     .venv/bin/python bench/sandbox.py                 # 500 steps, every variant on every step (a few minutes)
-    .venv/bin/python bench/sandbox.py --quick         # 150 steps, subprocess on every 3rd one (under a minute)
+    .venv/bin/python bench/sandbox.py --quick         # 120 steps, subprocess on every 5th one (under a minute)
     .venv/bin/python bench/sandbox.py --json out.json --workers 2
 
 The steps are what a policy writes during tree search: accumulated code-augmented CoT programs (every prefix of a
@@ -168,6 +168,26 @@ class SubprocessExecutor:
         )
 
 
+_FORK_PROBE = """
+import os, time
+lat = []
+for _ in range(40):
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    lat.append((time.perf_counter() - t) * 1000)
+print(' '.join(f'{x:.4f}' for x in lat))
+"""
+
+
+def fork_latencies() -> list[float]:
+    """Calibration: bare fork + _exit + waitpid in a small interpreter (the machine notes say ~1.2 ms when calm)."""
+    out = subprocess.run([real_python(), "-I", "-S", "-c", _FORK_PROBE], capture_output=True, text=True, check=True)
+    return [float(x) for x in out.stdout.split()]
+
+
 def _timed(run: Callable[[str], ExecutionResult], steps: Sequence[Step]) -> tuple[float, list[float], list[bool]]:
     """Run steps one after another: (wall seconds, per-step latencies in ms, ok flags)."""
     lat, oks = [], []
@@ -189,16 +209,16 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=None, help="number of steps (500; 150 with --quick)")
+    ap.add_argument("--steps", type=int, default=None, help="number of steps (500; 120 with --quick)")
     ap.add_argument("--workers", type=int, default=2, help="sandbox workers (default 2: one per core here)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are over these)")
     ap.add_argument("--subprocess-every", type=int, default=None, help="run the subprocess variant on every k-th step")
-    ap.add_argument("--quick", action="store_true", help="150 steps, subprocess on every 3rd step: under a minute")
+    ap.add_argument("--quick", action="store_true", help="120 steps, subprocess on every 5th step: under a minute")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    n = args.steps or (150 if args.quick else 500)
-    every = args.subprocess_every or (3 if args.quick else 1)
+    n = args.steps or (120 if args.quick else 500)
+    every = args.subprocess_every or (5 if args.quick else 1)
     steps = make_steps(n, args.seed)
     rounds = [steps[i :: args.rounds] for i in range(args.rounds)]
 
@@ -222,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     short_lat: dict[str, list[float]] = {k: [] for k in rates}
     oks: dict[str, dict[str, bool]] = {k: {} for k in rates}
     order = list(rates)
+    fork_ms: list[float] = []
     for i, chunk in enumerate(rounds):
+        fork_ms += fork_latencies()
         for name in order[i % len(order) :] + order[: i % len(order)]:
             subset = chunk[::every] if name == "subprocess" else chunk
             if name == "pool":
@@ -266,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inprocess_vs_pool_per_step": med["inprocess"] / med["pool_seq"],
         "pool_batch_vs_seq": med["pool"] / med["pool_seq"],
         "ok_disagreements_pool_vs_inprocess": disagree,
+        "bare_fork_p50_ms": _pct(fork_ms, 50),
         "pool_startup_s": startup_s,
         "protections": protections,
         "load_avg_1m": os.getloadavg()[0],
@@ -292,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"pool vs subprocess per step: {out['pool_vs_subprocess_per_step']:.1f}x; in-process vs pool: "
         f"{out['inprocess_vs_pool_per_step']:.1f}x; batch vs one-at-a-time: {out['pool_batch_vs_seq']:.2f}x; "
-        f"load average {out['load_avg_1m']:.1f} on {out['cpus']} CPUs; ok/error disagreements pool vs in-process: "
-        f"{disagree}"
+        f"load average {out['load_avg_1m']:.1f} on {out['cpus']} CPUs (bare fork+exit+wait p50 "
+        f"{out['bare_fork_p50_ms']:.2f} ms); ok/error disagreements pool vs in-process: {disagree}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

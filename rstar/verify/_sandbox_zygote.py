@@ -7,22 +7,27 @@ space holds nothing but the interpreter, the pre-imported modules and this loop.
 
 Life of a zygote:
 
-1. read its configuration (the first message on stdin), set up what is done once per worker: a private mount namespace
-   with a size-limited tmpfs as the scratch directory, a network namespace with no interfaces up, a landlock ruleset,
-   the seccomp filter template;
+1. read its configuration (the first message on its socket), set up what is done once per worker: a private mount
+   namespace with a size-limited tmpfs as the scratch directory, a network namespace with no interfaces up, a landlock
+   ruleset, the seccomp filter template;
 2. pre-import the modules model code uses (sympy, numpy, fractions, ...), run a few trusted warm-up programs through the
-   same code path as real ones, seed the RNGs, `gc.freeze()`; fork one self-test child that applies every layer and
+   same code path as real ones, seed the RNGs, `gc.freeze()`; run one self-test child that applies every layer and
    checks that each one really blocks what it should; answer "ready" with the protections that passed;
-3. loop: read a program, fork a child for it, supervise it (wall-clock deadline, output caps), reap it, wipe the scratch
-   directory, answer with the result. A child never survives its call.
+3. lend children: fork a child (which applies every layer, then blocks reading its program from a pipe), send the
+   parent its pipe ends and pidfd (SCM_RIGHTS), fork the next spare; when the parent says "done", kill and reap the
+   child, wipe the scratch directory, lend the spare. The parent writes the program into the child and supervises it
+   itself (deadline, output caps, kill), so a call costs two wake-ups, not four; the zygote reports a child's exit
+   status only when asked (it died without a complete result). A child never survives its call.
 
-In the child, in this order: own session and process group, fds 0-3 = /dev/null, stdout pipe, stderr pipe, result pipe
-(every other fd closed), rlimits (address space relative to the pre-loaded interpreter, CPU, file size, open files,
+In the child, in this order: own session and process group, fds 0-3 = program pipe, stdout pipe, stderr pipe, result
+pipe (every other fd closed), rlimits (address space relative to the pre-loaded interpreter, file size, open files,
 core, processes), `chdir` to the scratch dir, uid/gid dropped to nobody (when root), no-new-privs, parent-death signal,
-landlock, seccomp; then `compile` + `exec` of the program with fresh globals.
+landlock, seccomp; then it reads its program, sets RLIMIT_CPU, puts /dev/null on fd 0, and runs `compile` + `exec`
+with fresh globals.
 
-Wire protocol on the zygote's stdin/stdout: messages framed by a 4-byte big-endian length. A request is one JSON line
-(the header) followed by the program's bytes; a reply is one JSON object.
+Protocol: parent <-> zygote is a SOCK_SEQPACKET socket (the zygote's fd 0) carrying one JSON object per message, with
+fds attached to "child" messages. Parent -> child is a pipe carrying one frame (4-byte big-endian length, then a JSON
+header line and the program's bytes).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -55,6 +61,7 @@ SETUP_FAILED_EXIT = 70  # the child could not apply a protection: fail closed, t
 STARTED = b"\x01"  # written on the result pipe just before the program starts
 RESULT_PREFIX = b"\x02RESULT "
 RESULT_CAP = 256 * 1024
+MAX_CONTROL_MESSAGE = 1 << 20  # zygote <-> parent messages (configuration, "ready", a child's fds, a status)
 
 
 def write_message(fd: int, payload: bytes) -> None:
@@ -540,10 +547,11 @@ def _report_setup_failure(exc: BaseException) -> NoReturn:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Supervising a child (in the zygote)
+# Supervising a child (in the parent for programs, in the zygote for its self-test)
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
+    """SIGKILL a child's process group (it leads its own session) and the child itself."""
     for kill, target in ((os.killpg, pid), (os.kill, pid)):
         try:
             kill(target, signal.SIGKILL)
@@ -574,7 +582,7 @@ def _reap_strays(scan: bool, keep: int) -> None:
     """
     kids = [pid for pid in _child_pids(os.getpid()) if pid != keep] if scan else []
     for pid in kids:
-        _kill_group(pid)
+        kill_group(pid)
     while True:
         try:
             pid, _ = os.waitpid(-1, 0 if kids else os.WNOHANG)
@@ -582,44 +590,40 @@ def _reap_strays(scan: bool, keep: int) -> None:
             return
         if pid == 0:
             return
-        if pid == keep:  # the waiting child died before its program came: it is replaced when needed
+        if pid == keep:  # the spare child died before its program came: it is replaced when needed
             continue
         kids = [k for k in kids if k != pid]
 
 
 class Child:
-    """A pre-forked child as the zygote sees it: its pid and the zygote's ends of its four pipes."""
+    """One child and the ends of its four pipes held by whoever supervises it (plus a pidfd where available)."""
 
-    def __init__(self, pid: int, code_w: int, out_r: int, err_r: int, res_r: int) -> None:
+    def __init__(self, pid: int, code_w: int, out_r: int, err_r: int, res_r: int, pidfd: int | None = None) -> None:
         self.pid = pid
         self.code_w = code_w
         self.out_r, self.err_r, self.res_r = out_r, err_r, res_r
-        self.reaped = False
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):  # kernel < 5.3: poll the pipes and check the child every few ms
-            self.pidfd = -1
+        if pidfd is None:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):  # kernel < 5.3: completion is seen as EOF on every pipe
+                pidfd = -1
+        self.pidfd = pidfd
+
+    def fds(self) -> list[int]:
+        return [self.code_w, self.out_r, self.err_r, self.res_r] + ([self.pidfd] if self.pidfd >= 0 else [])
 
     def exited(self) -> bool:
-        if self.pidfd >= 0:
-            return bool(select.select([self.pidfd], [], [], 0)[0])
-        try:
-            if not self.reaped and os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
-                self.reaped = True
-        except ChildProcessError:  # already reaped by `_reap_strays`
-            self.reaped = True
-        return self.reaped
+        """Whether it is gone (only knowable with a pidfd; without one, assume it still waits)."""
+        return self.pidfd >= 0 and bool(select.select([self.pidfd], [], [], 0)[0])
 
-    def discard(self) -> None:
-        """Kill its process group, reap it, close every fd we hold for it."""
-        _kill_group(self.pid)
-        if not self.reaped:
-            try:
-                os.wait4(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.reaped = True
-        for fd in (self.code_w, self.out_r, self.err_r, self.res_r, self.pidfd):
+    def send_program(self, source: bytes, cpu_time_s: float) -> None:
+        """Hand the program over (raises BrokenPipeError if the child is gone)."""
+        write_message(self.code_w, json.dumps({"cpu_time_s": cpu_time_s}).encode() + b"\n" + source)
+        os.close(self.code_w)
+        self.code_w = -1
+
+    def close(self) -> None:
+        for fd in self.fds():
             if fd >= 0:
                 try:
                     os.close(fd)
@@ -629,22 +633,22 @@ class Child:
 
 
 def supervise(child: Child, deadline: float, cap: int) -> dict[str, Any]:
-    """Collect a child's output until it is done or a limit is hit.
+    """Collect a child's output until it is done or a limit is hit (then kill it). Never waits for its status.
 
-    Done means either the child exited (its status is collected) or, earlier, it closed all three pipes after writing
-    a complete result: the answer goes out then, and the exit's teardown is reaped after the reply (`Zygote.finish`).
+    Done means either the child exited (its pidfd fired) or, earlier, it closed all three pipes after writing a
+    complete result ("early": a normal exit is under way and its status is not needed). `need_status` tells the caller
+    to ask the zygote how the child ended (a signal, an exit code).
     """
     out_r, err_r, res_r = child.out_r, child.err_r, child.res_r
     bufs = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
     poller = select.poll()
     for fd in bufs:
+        os.set_blocking(fd, False)
         poller.register(fd, select.POLLIN)
     if child.pidfd >= 0:
         poller.register(child.pidfd, select.POLLIN)
     open_pipes = {out_r, err_r, res_r}
     reason: str | None = None
-    status: int | None = None
-    rusage: Any = None
 
     def drain(fd: int) -> bool:
         """Read what is available; False on EOF. Output beyond the cap is discarded and ends the program."""
@@ -671,33 +675,31 @@ def supervise(child: Child, deadline: float, cap: int) -> dict[str, Any]:
         if remaining_ms <= 0:
             reason = "timeout"
             break
-        wait_ms = remaining_ms if child.pidfd >= 0 else min(remaining_ms, 5)
-        for fd, _ev in poller.poll(max(1, int(wait_ms + 0.999))):
+        for fd, _ev in poller.poll(max(1, int(remaining_ms + 0.999))):
             if fd == child.pidfd:
                 exited = True
             elif fd in open_pipes and not drain(fd):
                 poller.unregister(fd)
                 open_pipes.discard(fd)
-        if child.pidfd < 0 and not exited:
-            wpid, wstatus, wrusage = os.wait4(child.pid, os.WNOHANG)
-            if wpid == child.pid:
-                status, rusage, exited, child.reaped = wstatus, wrusage, True, True
-        if exited:
-            break
         res = bufs[res_r]
         if not open_pipes and res.endswith(b"\n") and RESULT_PREFIX in res:
             early = True
             break
-    if not early:
-        if reason is not None:
-            _kill_group(child.pid)
-        for fd in open_pipes:
-            drain(fd)
-        if not child.reaped:
-            _kill_group(child.pid)  # anything else in its process group (nothing, where fork is blocked)
-            _, status, rusage = os.wait4(child.pid, 0)
-            child.reaped = True
-    return {"reason": reason, "status": status, "rusage": rusage, "bufs": bufs}
+        if exited or (child.pidfd < 0 and not open_pipes):
+            exited = True
+            break
+    if reason is not None:
+        kill_group(child.pid)
+    for fd in open_pipes:
+        drain(fd)
+    return {
+        "reason": reason,
+        "early": early,
+        "need_status": reason is None and not early,
+        "stdout": bytes(bufs[out_r]),
+        "stderr": bytes(bufs[err_r]),
+        "result": bytes(bufs[res_r]),
+    }
 
 
 def _decode(buf: bytes | bytearray, cap: int) -> tuple[str, bool]:
@@ -707,13 +709,11 @@ def _decode(buf: bytes | bytearray, cap: int) -> tuple[str, bool]:
     return text, truncated
 
 
-def build_result(sup: dict[str, Any], child: Child, cap: int, cpu_s: float) -> dict[str, Any]:
-    """Turn what the supervisor saw into the fields of `ExecutionResult`."""
-    bufs = sup["bufs"]
-    out_r, err_r, res_r = child.out_r, child.err_r, child.res_r
-    stdout, out_trunc = _decode(bufs[out_r], cap)
-    stderr, err_trunc = _decode(bufs[err_r], cap)
-    raw = bytes(bufs[res_r])
+def build_result(sup: dict[str, Any], cap: int, cpu_s: float, status: int | None, cpu_used: float) -> dict[str, Any]:
+    """Turn what the supervisor saw (and, when needed, how the child ended) into the fields of `ExecutionResult`."""
+    stdout, out_trunc = _decode(sup["stdout"], cap)
+    stderr, err_trunc = _decode(sup["stderr"], cap)
+    raw = sup["result"]
     started = raw.startswith(STARTED)
     report: dict[str, Any] | None = None
     idx = raw.rfind(RESULT_PREFIX)
@@ -734,10 +734,7 @@ def build_result(sup: dict[str, Any], child: Child, cap: int, cpu_s: float) -> d
         "memory_exceeded": False,
         "output_truncated": out_trunc or err_trunc,
     }
-    status = sup["status"]
-    rusage = sup["rusage"]
-    cpu_used = (rusage.ru_utime + rusage.ru_stime) if rusage is not None else 0.0
-    if status is None:  # answered early: the child closed its pipes after a complete result, i.e. a normal exit 0
+    if status is None:  # not asked for: it closed its pipes after a complete result, i.e. a normal exit 0
         status = 0
     if sup["reason"] == "timeout":
         r.update(error="Timeout", error_message="wall-clock time limit exceeded", timed_out=True)
@@ -747,6 +744,8 @@ def build_result(sup: dict[str, Any], child: Child, cap: int, cpu_s: float) -> d
         )
     elif not started and report is not None and "sandbox_error" in report:  # only the setup, before the program
         r.update(error="SandboxError", error_message=str(report["sandbox_error"])[:2000])
+    elif status < 0:
+        r.update(error="SandboxError", error_message="the sandbox worker could not report how the program ended")
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = _signame(sig)
@@ -792,6 +791,24 @@ def _signame(sig: int) -> str:
 # The zygote
 
 
+def send_json(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(obj).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def recv_json(sock: socket.socket, maxfds: int = 0) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message (SOCK_SEQPACKET keeps boundaries) and the fds passed with it; (None, []) on EOF."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_CONTROL_MESSAGE, maxfds)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), list(fds)
+
+
 class Zygote:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -815,8 +832,8 @@ class Zygote:
         }
         self.notes: list[str] = []
         self.preloaded: list[str] = []
-        self.pending: Child | None = None  # the pre-forked child waiting for the next program
-        self.current: Child | None = None  # the child of the call being answered
+        self.spare: Child | None = None  # forked and set up, not yet handed to the parent
+        self.lent: Child | None = None  # handed to the parent, running (or about to run) a program
         self.children_can_fork = True  # until the self-test shows otherwise
 
     # ---- once per worker ----
@@ -902,8 +919,7 @@ class Zygote:
         import _socket  # noqa: F401  (loaded here so the probe can use it after the uid drop)
 
         probe = PROBE_PROGRAM.replace("PARENT_PID", str(os.getpid())).encode()
-        result = self.run_one(probe, 10.0, None)
-        self.finish()
+        result = self.run_local(probe, 10.0)
         if result.get("error") is not None or not result.get("ok"):
             # A layer made the child unusable: retry without the optional ones so the sandbox still works.
             self.notes.append(f"self-test failed with all layers: {result.get('error')}: {result.get('error_message')}")
@@ -912,9 +928,8 @@ class Zygote:
                 os.close(self.setup.ruleset_fd)
                 self.setup.ruleset_fd = -1
             self.shutdown()
-            self.pending = None
-            result = self.run_one(probe, 10.0, None)
-            self.finish()
+            self.spare = None
+            result = self.run_local(probe, 10.0)
         try:
             seen = json.loads(result.get("stdout", "").strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -936,7 +951,7 @@ class Zygote:
 
     # ---- once per program ----
     def prefork(self) -> Child:
-        """Fork the next child now; it sets itself up and waits for its program (see `_child`)."""
+        """Fork a child now; it sets itself up and waits for its program (see `_child`)."""
         code_r, code_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -950,50 +965,51 @@ class Zygote:
                 os._exit(SETUP_FAILED_EXIT)
         for fd in (code_r, out_w, err_w, res_w):
             os.close(fd)
-        for fd in (out_r, err_r, res_r):
-            os.set_blocking(fd, False)
         return Child(pid, code_w, out_r, err_r, res_r)
 
-    def run_one(self, source: bytes, timeout_s: float, cpu_s: float | None) -> dict[str, Any]:
-        """Hand one program to the waiting child and supervise it. Call `finish` after replying."""
-        cap = int(self.cfg["max_output_bytes"])
-        cpu = float(cpu_s if cpu_s is not None else timeout_s)
-        message = json.dumps({"cpu_time_s": cpu}).encode() + b"\n" + source
-        for attempt in range(2):
-            child, self.pending = self.pending, None
-            if child is None or child.exited():  # not started yet, or killed from outside while waiting
-                if child is not None:
-                    child.discard()
-                child = self.prefork()
-            self.current = child
-            start = time.monotonic()
-            try:
-                write_message(child.code_w, message)
-                os.close(child.code_w)
-                child.code_w = -1
-            except BrokenPipeError:
-                child.discard()
-                self.current = None
-                if attempt == 0:
-                    continue
-                raise
-            # Fork the next child now, while this one runs: the fork overlaps the program instead of delaying the
-            # next call. It applies its layers and blocks reading its own pipe; it cannot see this child's files,
-            # because the scratch directory is wiped after this child is gone and before the next program is sent.
-            self.pending = self.prefork()
-            sup = supervise(child, start + timeout_s, cap)
-            result = build_result(sup, child, cap, cpu)
-            result["duration_ms"] = (time.monotonic() - start) * 1000
-            return result
-        raise RuntimeError("unreachable")
+    def take_spare(self) -> Child:
+        child, self.spare = self.spare, None
+        if child is None or child.exited():  # none yet, or killed from outside while it waited
+            if child is not None:
+                self.retire(child)
+            child = self.prefork()
+        return child
 
-    def finish(self) -> None:
-        """After the reply: reap the child and anything it left, wipe the scratch dir."""
-        if self.current is not None:
-            self.current.discard()
-            self.current = None
-        _reap_strays(scan=self.children_can_fork, keep=self.pending.pid if self.pending is not None else -1)
+    def retire(self, child: Child) -> tuple[int, float]:
+        """Kill (if still running) and reap a child, reap anything it left, wipe the scratch dir. -> (status, cpu s)."""
+        child.close()
+        kill_group(child.pid)
+        try:
+            _, status, rusage = os.wait4(child.pid, 0)
+            cpu = rusage.ru_utime + rusage.ru_stime
+        except ChildProcessError:  # reaped already by `_reap_strays`
+            status, cpu = -1, 0.0
+        _reap_strays(scan=self.children_can_fork, keep=self.spare.pid if self.spare is not None else -1)
         self.wipe_scratch()
+        return status, cpu
+
+    def run_local(self, source: bytes, timeout_s: float) -> dict[str, Any]:
+        """Run one trusted program here, supervised by the zygote itself (the self-test)."""
+        cap = int(self.cfg["max_output_bytes"])
+        child = self.take_spare()
+        start = time.monotonic()
+        child.send_program(source, timeout_s)
+        sup = supervise(child, start + timeout_s, cap)
+        status, cpu = self.retire(child)
+        return build_result(sup, cap, timeout_s, status if sup["need_status"] else None, cpu)
+
+    def lend_next(self, sock: socket.socket) -> None:
+        """Hand a ready child's pipe ends and pidfd to the parent, then fork the next spare."""
+        child = self.take_spare()
+        send_json(sock, {"op": "child", "pid": child.pid}, child.fds())
+        for fd in (child.code_w, child.out_r, child.err_r, child.res_r):  # the parent holds them now
+            os.close(fd)
+        child.code_w = child.out_r = child.err_r = child.res_r = -1
+        self.lent = child
+        # Fork the spare now: the fork overlaps the lent child's program instead of delaying the next call. The spare
+        # applies its layers and blocks reading its own pipe; it cannot see the lent child's files, because the
+        # scratch directory is wiped after the lent child is gone and before the spare is lent.
+        self.spare = self.prefork()
 
     def wipe_scratch(self) -> None:
         """Remove everything a program left in the scratch directory (the zygote is root, or the owner)."""
@@ -1020,32 +1036,27 @@ class Zygote:
         if self.setup.uid is not None and (st.st_uid, st.st_gid) != (self.setup.uid, self.setup.gid):
             os.chown(self.scratch, self.setup.uid, self.setup.gid or 0)
 
-    def serve(self, req_fd: int, resp_fd: int) -> None:
+    def serve(self, sock: socket.socket) -> None:
+        """Lend children to the parent one at a time; retire each when the parent is done with it."""
+        self.lend_next(sock)
         while True:
-            msg = read_message(req_fd)
-            if msg is None:
+            msg, fds = recv_json(sock)
+            for fd in fds:
+                os.close(fd)
+            if msg is None or msg.get("op") == "exit":
                 return
-            head, _, code = msg.partition(b"\n")
-            req = json.loads(head)
-            op = req.get("op")
-            if op == "exit":
-                return
-            if op == "ping":
-                write_message(resp_fd, b'{"ok": true}')
-                continue
-            try:
-                result = self.run_one(code, float(req["timeout_s"]), req.get("cpu_time_s"))
-                write_message(resp_fd, json.dumps(result).encode())
-                self.finish()
-            except Exception as exc:  # fail closed: report, then let the parent replace this zygote
-                result = {"ok": False, "error": "SandboxError", "error_message": f"{type(exc).__name__}: {exc}"}
-                write_message(resp_fd, json.dumps(result).encode())
-                raise
+            if msg.get("op") == "done" and self.lent is not None and msg.get("pid") == self.lent.pid:
+                status, cpu = self.retire(self.lent)
+                self.lent = None
+                if msg.get("want_status"):
+                    send_json(sock, {"op": "status", "pid": msg["pid"], "status": status, "cpu_s": cpu})
+                self.lend_next(sock)
 
     def shutdown(self) -> None:
-        for child in (self.pending, self.current):
+        for child in (self.spare, self.lent):
             if child is not None:
-                child.discard()
+                child.close()
+                kill_group(child.pid)
 
 
 def _force_remove(func: Any, path: str, _exc: Any) -> None:
@@ -1102,19 +1113,18 @@ print(json.dumps(seen))
 
 
 def main() -> None:
-    # The protocol moves off fds 0/1 so that nothing a library prints can corrupt it; 0/1 become /dev/null.
-    req_fd, resp_fd = os.dup(0), os.dup(1)
-    for fd in (req_fd, resp_fd):
-        os.set_inheritable(fd, False)
+    # fd 0 is a SOCK_SEQPACKET socket to the parent; move it off 0 so that nothing a library reads or prints can touch
+    # the protocol, and put /dev/null on 0 and 1.
+    sock = socket.socket(fileno=os.dup(0))
+    sock.set_inheritable(False)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the caller's terminal is the caller's business
-    first = read_message(req_fd)
-    if first is None:
+    cfg, _ = recv_json(sock)
+    if cfg is None:
         return
-    cfg = json.loads(first)
     zygote = Zygote(cfg)
     try:
         zygote.setup_layers()
@@ -1125,9 +1135,10 @@ def main() -> None:
         gc.freeze()  # children do not touch (and copy) the pre-loaded objects' GC headers
         zygote.self_test()
     except Exception as exc:
-        write_message(resp_fd, json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}).encode())
+        send_json(sock, {"op": "ready", "ready": False, "error": f"{type(exc).__name__}: {exc}"})
         raise
     ready = {
+        "op": "ready",
         "ready": True,
         "pid": os.getpid(),
         "protections": zygote.protections,
@@ -1135,9 +1146,9 @@ def main() -> None:
         "notes": zygote.notes,
         "python": sys.version.split()[0],
     }
-    write_message(resp_fd, json.dumps(ready).encode())
+    send_json(sock, ready)
     try:
-        zygote.serve(req_fd, resp_fd)
+        zygote.serve(sock)
     finally:
         zygote.shutdown()
 

@@ -65,11 +65,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import queue
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -232,15 +232,26 @@ class _WorkerDied(Exception):
 
 
 class _Worker:
+    """A zygote process, the socket to it, and the child it has lent us (used by one thread at a time).
+
+    The zygote lends one ready child at a time: its pipe ends and pidfd arrive over the socket (SCM_RIGHTS). We write
+    the program straight into the child and supervise it here (deadline, output caps, kill), so a call costs two
+    wake-ups (us -> child -> us) instead of four through the zygote; we then tell the zygote we are done, and it reaps
+    the child, wipes the scratch directory and lends the next child (already forked) while we return the result.
+    """
+
     def __init__(self, index: int, config: SandboxConfig, root: Path) -> None:
         self.index = index
         self.config = config
         self.dir = root / f"w{index}"
         self.scratch = self.dir / "scratch"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.child: zyg.Child | None = None  # lent to us, not used yet
         self.info: dict[str, Any] | None = None
         self.lock = threading.Lock()
         self.starts = 0
+        self.sent_program = False  # whether the current request reached a child (then it is not retried)
 
     def _env(self) -> dict[str, str]:
         """The zygote's whole environment: nothing of the caller's survives (no tokens, no PYTHON* settings)."""
@@ -265,33 +276,29 @@ class _Worker:
         self.scratch.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o711)
         python = self.config.python or sys.executable
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         log = open(self.dir / "zygote.log", "ab")  # noqa: SIM115 - handed to the child, closed right after
         try:
             self.proc = subprocess.Popen(
                 [python, "-s", "-B", "-P", str(_ZYGOTE_SCRIPT)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=self._env(),
                 cwd=self.dir,
                 start_new_session=True,
                 close_fds=True,
-                bufsize=0,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
+            theirs.close()
             log.close()
+        self.sock = ours
         self.info = None
         self.starts += 1
-        cfg = self.config.zygote_config(str(self.scratch))
-        zyg.write_message(self._stdin(), json.dumps(cfg).encode())
-
-    def _stdin(self) -> int:
-        assert self.proc is not None and self.proc.stdin is not None
-        return self.proc.stdin.fileno()
-
-    def _stdout(self) -> int:
-        assert self.proc is not None and self.proc.stdout is not None
-        return self.proc.stdout.fileno()
+        zyg.send_json(ours, self.config.zygote_config(str(self.scratch)))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -302,6 +309,29 @@ class _Worker:
         except OSError:
             return ""
 
+    def _recv(self, deadline: float, maxfds: int = 0) -> tuple[dict[str, Any], list[int]]:
+        assert self.sock is not None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer from the sandbox worker")
+            if select.select([self.sock], [], [], remaining)[0]:
+                break
+        try:
+            msg, fds = zyg.recv_json(self.sock, maxfds)
+        except OSError as exc:
+            raise _WorkerDied(f"lost the sandbox worker: {exc}") from None
+        if msg is None:
+            raise _WorkerDied("the sandbox worker exited")
+        return msg, fds
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        assert self.sock is not None
+        try:
+            zyg.send_json(self.sock, msg)
+        except OSError as exc:
+            raise _WorkerDied(f"lost the sandbox worker: {exc}") from None
+
     def ensure_ready(self) -> dict[str, Any]:
         with self.lock:
             if self.info is not None and self.alive():
@@ -309,8 +339,7 @@ class _Worker:
             if not self.alive():
                 self.spawn()
             try:
-                raw = _read_message(self._stdout(), time.monotonic() + self.config.startup_timeout_s)
-                info = json.loads(raw)
+                info, _ = self._recv(time.monotonic() + self.config.startup_timeout_s)
             except (_WorkerDied, TimeoutError, ValueError) as exc:
                 tail = self.log_tail()
                 self.kill()
@@ -322,53 +351,71 @@ class _Worker:
             self.info = info
             return info
 
+    def _take_child(self) -> zyg.Child:
+        child, self.child = self.child, None
+        if child is not None:
+            return child
+        msg, fds = self._recv(time.monotonic() + _REPLY_GRACE_S, maxfds=5)
+        if msg.get("op") != "child" or len(fds) < 4:
+            for fd in fds:
+                os.close(fd)
+            raise _WorkerDied(f"unexpected message from the sandbox worker: {msg.get('op')}")
+        return zyg.Child(int(msg["pid"]), fds[0], fds[1], fds[2], fds[3], pidfd=fds[4] if len(fds) > 4 else -1)
+
+    def _done(self, child: zyg.Child, want_status: bool) -> tuple[int | None, float]:
+        """Tell the zygote we are finished with `child`; with `want_status`, wait for how it ended."""
+        self._send({"op": "done", "pid": child.pid, "want_status": want_status})
+        if not want_status:
+            return None, 0.0
+        msg, _ = self._recv(time.monotonic() + _REPLY_GRACE_S)
+        if msg.get("op") != "status" or msg.get("pid") != child.pid:
+            raise _WorkerDied(f"unexpected message from the sandbox worker: {msg.get('op')}")
+        return int(msg["status"]), float(msg["cpu_s"])
+
     def request(self, code: bytes, timeout_s: float, cpu_time_s: float) -> dict[str, Any]:
-        header = json.dumps({"op": "run", "timeout_s": timeout_s, "cpu_time_s": cpu_time_s}).encode()
-        try:
-            zyg.write_message(self._stdin(), header + b"\n" + code)
-        except OSError as exc:
-            raise _WorkerDied(f"could not send the program: {exc}") from None
-        raw = _read_message(self._stdout(), time.monotonic() + timeout_s + _REPLY_GRACE_S)
-        reply: dict[str, Any] = json.loads(raw)
-        return reply
+        cap = self.config.max_output_bytes
+        self.sent_program = False
+        for attempt in range(2):
+            child = self._take_child()
+            try:
+                start = time.monotonic()
+                try:
+                    child.send_program(code, cpu_time_s)
+                except BrokenPipeError:  # the waiting child was killed from outside: take the next one
+                    self._done(child, want_status=False)
+                    if attempt == 0:
+                        continue
+                    raise _WorkerDied("the sandbox worker's children die before running anything") from None
+                self.sent_program = True
+                sup = zyg.supervise(child, start + timeout_s, cap)
+                if sup["need_status"]:
+                    status, cpu_used = self._done(child, want_status=True)
+                else:  # complete already; a zygote dying now costs the next call a restart, not this result
+                    status, cpu_used = None, 0.0
+                    try:
+                        self._done(child, want_status=False)
+                    except _WorkerDied:
+                        self.kill()
+                return zyg.build_result(sup, cap, cpu_time_s, status, cpu_used)
+            finally:
+                child.close()
+        raise _WorkerDied("unreachable")
 
     def kill(self) -> None:
         proc, self.proc = self.proc, None
+        sock, self.sock = self.sock, None
+        child, self.child = self.child, None
         self.info = None
+        if child is not None:
+            child.close()
+        if sock is not None:
+            sock.close()
         if proc is None:
             return
         with contextlib.suppress(OSError):
             proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
-        for stream in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError):
-                if stream is not None:
-                    stream.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-
-
-def _read_exact(fd: int, n: int, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    while n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no answer from the sandbox worker")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            raise _WorkerDied("the sandbox worker exited")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_message(fd: int, deadline: float) -> bytes:
-    (size,) = zyg.FRAME.unpack(_read_exact(fd, zyg.FRAME.size, deadline))
-    if size > zyg.MAX_MESSAGE:
-        raise _WorkerDied(f"oversized reply ({size} bytes)")
-    return _read_exact(fd, size, deadline) if size else b""
 
 
 _ROOT_PREFIX = "rstar-sandbox-"
@@ -519,8 +566,8 @@ class Sandbox:
                 reply = worker.request(source, timeout, cpu)
             except _WorkerDied as exc:
                 worker.kill()
-                if attempt == 0 and "could not send" in str(exc):
-                    continue  # died between calls: restart it and run the program on the fresh one
+                if attempt == 0 and not worker.sent_program:
+                    continue  # it died between calls: restart it and run the program on the fresh one
                 return _error("SandboxError", f"sandbox worker died during the call: {exc}")
             except (TimeoutError, ValueError) as exc:
                 worker.kill()
