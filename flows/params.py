@@ -1,12 +1,13 @@
 """Typed parameters of the flows: pydantic models, so the Prefect UI renders a form and a bad value fails fast.
 
-    from flows.params import RoundParams, EvolutionParams
-    params = RoundParams(round_idx=1, problems="train.jsonl", policy="fake:oracle", training=TrainingOptions(base_model="tiny:0"))
+    from flows.params import RoundParams, TrainingOptions
+    params = RoundParams(round_idx=1, problems="train.jsonl", policy="fake:oracle",
+                         training=TrainingOptions(base_model="tiny:0"))
     evolution_round(params)
 
 A *model source* is either a model spec string (`hf:PATH`, `tiny:0`, `smollm2-135m`, `openai:URL#MODEL`, `fake:...`,
-see docs/architecture.md) or the URI of a model artifact written by an earlier round (`file://.../rounds/2/policy/<digest>`
-or `s3://bucket/prefix/rounds/2/policy/<digest>`): the tasks resolve an artifact URI to a local `hf:` folder via the
+see docs/architecture.md) or the URI of a model artifact written by an earlier round
+(`file://.../rounds/2/policy/<digest>` or `s3://bucket/prefix/rounds/2/policy/<digest>`): the tasks resolve an artifact URI to a local `hf:` folder via the
 store, so round k's trained policy feeds round k+1 wherever the store lives.
 
 `round_params(evo, k, previous)` is the pure rule by which `self_evolution` derives round k's parameters from the

@@ -78,6 +78,11 @@ def check_setup(params: RoundParams) -> None:
             f"round {params.round_idx}: the policy {params.policy!r} cannot be fine-tuned here; set "
             "training.base_model (e.g. 'smollm2-135m' or 'hf:/path/to/base') or training.train_policy=false"
         )
+    no_ppm_base = t.ppm_base is None and t.base_model is None and not is_local_model(params.policy)
+    if t.train_ppm and not t.train_policy and no_ppm_base:
+        raise RoundFailed(
+            f"round {params.round_idx}: no backbone for the PPM: set training.ppm_base or training.base_model"
+        )
     if params.search.mode == "ppm" and params.ppm is None:
         raise RoundFailed(f"round {params.round_idx}: search mode 'ppm' needs a PPM (params.ppm)")
 

@@ -17,9 +17,14 @@ key and returns a small `ArtifactRef` (uri, digest, rows). `materialize` is that
    committed artifact or nothing under the final key.
 
 Cache policies (Prefect 3): `DETERMINISTIC` = inputs + task source + the artifact store URL, with the MLflow parent
-run id left out of the key (it differs on every run and says nothing about the output); sampling tasks take their seed as an input, so it
-is part of the key; side effects (registering, promoting) use `NO_CACHE`. Results are persisted (a cache policy
-turns persistence on), so a re-run of a round in a new process re-uses every finished task.
+run id left out of the key (it differs on every run and says nothing about the output); sampling tasks take their
+seed as an input, so it is part of the key; side effects (registering, promoting) use `NO_CACHE`. Results are
+persisted (a cache policy turns persistence on), so a re-run of a round in a new process re-uses every finished task.
+
+The two layers differ in one way, on purpose: Prefect's key covers the task function's source, the store's digest
+covers `CODE_VERSION` instead. Editing a task (even a comment) misses Prefect's cache, but the store still holds the
+stage's artifact and returns it: days of search are never thrown away for a cosmetic change. A change that alters
+what a stage writes must bump `CODE_VERSION` (or the stage's config).
 
 Retries (`retry_on_transient`): only connection errors and timeouts talking to a model server or the store, never a
 `ValueError` or a shard that ran past its own time budget.

@@ -13,7 +13,7 @@ so it is an input (and part of the cache key).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import task
 
@@ -98,9 +98,15 @@ def evaluate_fn(
     )
 
 
+def eval_run_name(parameters: dict[str, Any]) -> str:
+    """`eval-greedy-r3` inside round 3, `eval-greedy` outside a round."""
+    k = parameters.get("round_idx")
+    return f"eval-{parameters.get('mode')}" + ("" if k is None else f"-r{k}")
+
+
 @task(
     name="evaluate",
-    task_run_name="eval-{mode}-r{round_idx}",
+    task_run_name=cast(Any, eval_run_name),  # Prefect passes the parameters to a callable named `parameters`
     cache_policy=DETERMINISTIC,
     retries=2,
     retry_delay_seconds=[10, 60],

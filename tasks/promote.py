@@ -10,10 +10,10 @@ two versions, so this task has `NO_CACHE`: it runs on every run of the round, an
 
 from __future__ import annotations
 
-from infra.tracking import get_tracker
 from prefect import task
 
 from infra.storage import ArtifactRef
+from infra.tracking import get_tracker
 from tasks.common import SIDE_EFFECT, retry_on_transient, run_logger
 from tasks.evaluate import accuracy_of
 
@@ -77,5 +77,5 @@ def register_and_promote(
     round_idx: int,
     tags: dict[str, str] | None = None,
 ) -> dict[str, bool]:
-    """Register the round's policy and PPM (alias `candidate`) and move `champion` if the evaluation does not regress."""
+    """Register the round's policy and PPM (alias `candidate`); move `champion` unless the evaluation regresses."""
     return register_and_promote_fn(policy, ppm, evaluation, round_idx, tags)

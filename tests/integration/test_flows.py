@@ -350,6 +350,8 @@ def test_killing_a_round_loses_nothing_written_and_leaves_no_partial_artifact(
     result, _ = run_round(params)
     assert len(result.trees) == 4 and not result.failed_shards
     assert sorted(spy.calls) == [2, 3], spy.calls
+    resumed = store.read_manifest(result.trees[2]).config["info"]
+    assert resumed["resumed_problems"] == 4  # shard 2's search was not repeated: its 4 problems came from scratch
     assert not list((rstar_home / "cache" / "work").iterdir())  # scratch folders go once their artifact is stored
 
 

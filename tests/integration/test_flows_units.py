@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -24,8 +25,8 @@ from rstar.data.problems import write_problems_jsonl
 from rstar.types import Problem
 
 
-def _evo(**kw: object) -> EvolutionParams:
-    return EvolutionParams(problems="train.jsonl", bootstrap_policy="openai:http://big:8000/v1#teacher", **kw)  # type: ignore[arg-type]
+def _evo(**kw: Any) -> EvolutionParams:
+    return EvolutionParams(problems="train.jsonl", bootstrap_policy="openai:http://big:8000/v1#teacher", **kw)
 
 
 # -------------------------------------------------------------------------------------------------- round wiring
@@ -90,6 +91,8 @@ def test_a_round_that_cannot_train_fails_before_searching() -> None:
         RoundParams(problems="x.jsonl", policy="openai:http://h:1/v1#m", training=TrainingOptions(base_model="tiny:0"))
     )
     check_setup(RoundParams(problems="x.jsonl", policy="file:///store/rounds/1/policy/abc"))
+    with pytest.raises(RoundFailed, match="backbone for the PPM"):
+        check_setup(RoundParams(problems="x.jsonl", policy="fake:oracle", training=TrainingOptions(train_policy=False)))
     with pytest.raises(RoundFailed, match="PPM"):
         check_setup(RoundParams(problems="x.jsonl", policy="tiny:0", search=SearchOptions(mode="ppm")))
 
