@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flows.runners import FanOut
+
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -140,6 +142,11 @@ class RoundParams(_Params):
     shard_timeout_s: float = Field(
         default=6 * 3600, gt=0, description="a synthesis shard running longer than this fails"
     )
+    fanout: FanOut | None = Field(
+        default=None,
+        description="where shards run: None (or backend local) = this process, shard_concurrency at a time; "
+        "ray or deployment: see flows/runners.py",
+    )
     max_failed_shard_fraction: float = Field(
         default=0.0,
         ge=0,
@@ -183,6 +190,7 @@ class EvolutionParams(_Params):
     shard_size: int = Field(default=64, ge=1)
     shard_concurrency: int = Field(default=1, ge=1)
     shard_timeout_s: float = Field(default=6 * 3600, gt=0)
+    fanout: FanOut | None = Field(default=None, description="where shards run (see RoundParams.fanout)")
     max_failed_shard_fraction: float = Field(default=0.0, ge=0, le=1)
     seed: int = Field(default=0)
     training: TrainingOptions = Field(default_factory=TrainingOptions)
@@ -227,6 +235,7 @@ def round_params(evo: EvolutionParams, k: int, previous: PreviousRound | None) -
         shard_size=evo.shard_size,
         shard_concurrency=evo.shard_concurrency,
         shard_timeout_s=evo.shard_timeout_s,
+        fanout=evo.fanout,
         max_failed_shard_fraction=evo.max_failed_shard_fraction,
         seed=evo.seed,
         training=evo.training,

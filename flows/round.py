@@ -93,8 +93,24 @@ def run_shards(
     """Synthesize every shard; return the trees by shard id and the failures (a failed shard never stops the others).
 
     With `shard_concurrency` 1 the shards run one after the other in the flow's own thread, where the shard timeout
-    can interrupt anything; with more, at most that many run at once in the task runner's threads.
+    can interrupt anything; with more, at most that many run at once in the task runner's threads. A `fanout` with
+    another backend (Ray, a deployment on a GPU work pool) hands the shards to `flows.synthesize_shard`, which runs
+    the same task body there and returns the same pair.
     """
+    if params.fanout is not None and params.fanout.backend != "local":
+        from flows.synthesize_shard import fan_out_shards
+
+        return fan_out_shards(
+            shards,
+            policy=params.policy,
+            ppm=params.ppm,
+            search=params.search.config_dict(),
+            seed=params.seed,
+            round_idx=params.round_idx,
+            fanout=params.fanout,
+            shard_timeout_s=params.shard_timeout_s,
+            parent_run_id=run_id,
+        )
     synth = synthesize_shard.with_options(timeout_seconds=params.shard_timeout_s)
     search = params.search.config_dict()
     done: dict[int, ArtifactRef] = {}

@@ -97,6 +97,29 @@ def test_a_round_that_cannot_train_fails_before_searching() -> None:
         check_setup(RoundParams(problems="x.jsonl", policy="tiny:0", search=SearchOptions(mode="ppm")))
 
 
+def test_a_round_hands_its_shards_to_the_fanout_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.synthesize_shard
+    from flows.round import run_shards
+    from flows.runners import FanOut
+    from infra.storage import ArtifactRef
+
+    seen: dict[str, Any] = {}
+
+    def fake_fan_out(shards: list[ArtifactRef], **kw: Any) -> tuple[dict[int, ArtifactRef], list[dict[str, Any]]]:
+        seen.update(kw, shards=shards)
+        return {0: ArtifactRef(uri="file:///t/0", digest="t0")}, [{"shard": 1, "message": "x"}]
+
+    monkeypatch.setattr(flows.synthesize_shard, "fan_out_shards", fake_fan_out)
+    shards = [ArtifactRef(uri=f"file:///s/{i}", digest=f"s{i}") for i in range(2)]
+    evo = _evo(fanout=FanOut(backend="ray"), shard_timeout_s=60)
+    params = round_params(evo, 1, None)
+    done, failures = run_shards(params, shards, "run-1")
+    assert set(done) == {0} and failures[0]["shard"] == 1
+    assert seen["fanout"].backend == "ray" and seen["shards"] == shards
+    assert (seen["round_idx"], seen["shard_timeout_s"], seen["parent_run_id"]) == (1, 60, "run-1")
+    assert seen["search"]["rollouts"] == 8
+
+
 # -------------------------------------------------------------------------------------------------- retries
 
 
