@@ -145,11 +145,13 @@ def test_every_protection_is_active_when_root(sandbox: Sandbox) -> None:
 
 
 def test_protections_report_a_disabled_layer_and_require_refuses_it() -> None:
-    config = SandboxConfig(workers=1, seccomp=False, network_namespace=False, preload=(), warmup=())
+    config = SandboxConfig(workers=1, seccomp=False, network_namespace=False, fast_fork=False, preload=(), warmup=())
     with Sandbox(config) as sb:
         assert sb.protections["seccomp"] is False
         assert sb.protections["network_namespace"] is False
+        assert sb.info["fast_fork"] is False  # children come from os.fork() here: that path stays tested
         assert sb.run("print(6 * 7)").stdout == "42\n"  # still runs, with the layers it has
+        assert sb.run("import os\nos.kill(os.getpid(), 9)").error == "Killed"
     strict = SandboxConfig(workers=1, network_namespace=False, require=("network_namespace",), preload=(), warmup=())
     with Sandbox(strict) as sb, pytest.raises(SandboxUnavailable, match="network_namespace"):
         sb.run("print(1)")
@@ -261,6 +263,9 @@ def test_cpu_time_limit_ends_a_busy_program(light: Sandbox) -> None:
         pytest.param("x = bytearray(4 * 1024**3)\n", id="one-big-block"),
         pytest.param("chunks = []\nwhile True:\n    chunks.append(bytearray(10**6))\n", id="growing-list"),
         pytest.param("x = 'a' * (10**10)\n", id="huge-string"),
+        pytest.param(
+            "def f():\n    kept = [bytearray(10**6) for _ in range(10**5)]\n    return kept\nf()\n", id="in-a-function"
+        ),
         pytest.param("import numpy as np\nx = np.ones((60000, 60000))\n", id="numpy"),
     ],
 )
