@@ -8,9 +8,12 @@ without sympy covers what needs other settings (threads allowed, a CPU limit, re
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -155,6 +158,56 @@ def test_protections_report_a_disabled_layer_and_require_refuses_it() -> None:
     strict = SandboxConfig(workers=1, network_namespace=False, require=("network_namespace",), preload=(), warmup=())
     with Sandbox(strict) as sb, pytest.raises(SandboxUnavailable, match="network_namespace"):
         sb.run("print(1)")
+
+
+_NONROOT_SCRIPT = """
+import json, sys
+sys.path.insert(0, ROOT)
+from rstar.verify.sandbox import Sandbox, SandboxConfig
+with Sandbox(SandboxConfig(workers=1, preload=("socket",), warmup=(), timeout_s=3)) as sb:
+    out = {"protections": sb.protections}
+    for name, code in [("fork", "import os\\nos.fork()"), ("socket", "import socket\\nsocket.socket()"),
+                       ("write", "open('/tmp/rstar-nonroot-' + str(id(0)), 'w')"), ("read", "open('/etc/passwd')"),
+                       ("signal", "import os\\nos.kill(os.getppid(), 0)"), ("ok", "print(6 * 7)")]:
+        r = sb.run(code)
+        out[name] = [r.ok, r.error, r.stdout]
+print(json.dumps(out))
+"""
+
+
+def test_without_root_the_unprivileged_layers_still_hold() -> None:
+    """Run a sandbox as uid nobody with the system interpreter: no uid drop or namespaces, the rest still holds."""
+    system_python = Path("/usr/bin/python3")
+    if not IS_ROOT or not shutil.which("setpriv") or not system_python.exists():
+        pytest.skip("needs root (to become nobody), setpriv and /usr/bin/python3")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i", "PATH=/usr/bin:/bin"]
+    probe = subprocess.run(
+        [
+            *as_nobody,
+            str(system_python),
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); import rstar.verify.sandbox",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the system interpreter cannot import this checkout as nobody: {probe.stderr.strip()[-200:]}")
+    proc = subprocess.run(
+        [*as_nobody, str(system_python), "-c", _NONROOT_SCRIPT.replace("ROOT", repr(str(ROOT)))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    p = out["protections"]
+    assert not p["uid_drop"] and not p["network_namespace"] and not p["scratch_tmpfs"]  # honest about what is off
+    assert p["seccomp"] and p["landlock_fs"] and p["no_processes"] and p["no_network"], p
+    for name in ("fork", "socket", "write", "read", "signal"):
+        assert out[name][:2] == [False, "PermissionError"], (name, out[name])
+    assert out["ok"] == [True, None, "42\n"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
