@@ -142,11 +142,16 @@ def synthesize_shard_flow(
     seed: int = 0,
     round_idx: int = 1,
     parent_run_id: str | None = None,
-) -> ShardOutcome:
-    """One synthesis shard as a flow run (the `synthesize-shard` deployment, e.g. on a GPU work pool)."""
-    return synthesize_shard_placed(
+) -> dict[str, Any]:
+    """One synthesis shard as a flow run (the `synthesize-shard` deployment, e.g. on a GPU work pool).
+
+    Returns the `ShardOutcome` as plain JSON: a worker loads this file by path (module `synthesize_shard`), so a
+    pickled model class would not resolve in the parent that reads the result as `flows.synthesize_shard`.
+    """
+    outcome = synthesize_shard_placed(
         ref_for(shard_uri), shard_id, policy, ppm, dict(search or {}), seed, round_idx, "deployment", parent_run_id
     )
+    return outcome.model_dump(mode="json")
 
 
 def _failure(i: int, shard: ArtifactRef, state: Any, message: str | None = None) -> dict[str, Any]:
