@@ -38,6 +38,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,8 @@ class HFGenerationStats:
     prompts: int = 0
     unique_prompts: int = 0  # prompts prefilled (identical prompts in one call share one prefill)
     sequences: int = 0
-    prompt_tokens: int = 0  # real (unpadded) tokens prefilled
+    prompt_tokens: int = 0  # tokens of the unique prompts (after truncation, without padding)
+    cached_prompt_tokens: int = 0  # of those, tokens whose KV came from the prefix cache instead of a forward pass
     generated_tokens: int = 0
     truncated_prompts: int = 0
     prefill_s: float = 0.0
@@ -97,6 +99,87 @@ class _Row:
     seed: int
     ids: list[int] = field(default_factory=list)
     result: Completion | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prefix cache: recent prompts' KV, reused by the prompts that extend them (a child node's prompt extends its parent's)
+
+
+@dataclass
+class _PrefixEntry:
+    key: tuple[int, ...]
+    ids: Any  # the same tokens as a numpy array, for fast prefix comparison
+    kv: tuple[list[Any], list[Any]]  # keys, values per layer: [Hkv, len, D]
+
+
+class PrefixCache:
+    """An LRU of prompts' KV (at most `budget_tokens` tokens in all), looked up by longest common token prefix.
+
+    In MCTS the prompt of a node is its parent's prompt plus one step, and the parent's prompt was prefilled when the
+    parent was expanded, so most of each prompt's prefill can be skipped. Entries are bucketed by their first
+    `min_reuse` tokens (the question, in MCTS), so a lookup compares only against prompts of the same problem; a match
+    shorter than `min_reuse` tokens is not worth the copy and is ignored.
+    """
+
+    def __init__(self, budget_tokens: int, min_reuse: int = 16) -> None:
+        self.budget_tokens = budget_tokens
+        self.min_reuse = min_reuse
+        self.tokens = 0
+        self.lookups = 0
+        self.hits = 0
+        self._entries: OrderedDict[tuple[int, ...], _PrefixEntry] = OrderedDict()
+        self._buckets: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, ids: tuple[int, ...]) -> tuple[_PrefixEntry | None, int]:
+        """(entry, reusable length): the cached prompt sharing the longest prefix with `ids`, capped at len(ids)-1
+        (the last token is always computed: its logits start the generation)."""
+        import numpy as np
+
+        self.lookups += 1
+        if len(ids) <= self.min_reuse:
+            return None, 0
+        arr = np.asarray(ids)
+        best, best_len = None, 0
+        for key in self._buckets.get(ids[: self.min_reuse], ()):
+            entry = self._entries[key]
+            m = min(len(arr), len(entry.ids))
+            diff = np.flatnonzero(arr[:m] != entry.ids[:m])
+            common = int(diff[0]) if diff.size else m
+            if common > best_len:
+                best, best_len = entry, common
+        reuse = min(best_len, len(ids) - 1)
+        if best is None or reuse < self.min_reuse:
+            return None, 0
+        self._entries.move_to_end(best.key)
+        self.hits += 1
+        return best, reuse
+
+    def store(self, ids: tuple[int, ...], keys: list[Any], values: list[Any]) -> None:
+        import numpy as np
+
+        if len(ids) <= self.min_reuse or len(ids) > self.budget_tokens:
+            return
+        if ids in self._entries:
+            self._entries.move_to_end(ids)
+            return
+        self._entries[ids] = _PrefixEntry(ids, np.asarray(ids), (keys, values))
+        self._buckets.setdefault(ids[: self.min_reuse], set()).add(ids)
+        self.tokens += len(ids)
+        while self.tokens > self.budget_tokens:
+            old, _ = self._entries.popitem(last=False)
+            bucket = self._buckets[old[: self.min_reuse]]
+            bucket.discard(old)
+            if not bucket:
+                del self._buckets[old[: self.min_reuse]]
+            self.tokens -= len(old)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._buckets.clear()
+        self.tokens = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -247,14 +330,17 @@ class HFPolicy:
         prefill_tokens: int = 8192,
         max_model_len: int | None = None,
         num_threads: int | None = None,
+        prefix_cache_mb: int = 2048,
     ) -> None:
         """Load the model and tokenizer from a `save_pretrained` folder.
 
         device: "cuda", "cpu", ... (default: cuda when available); dtype: "float32", "bfloat16", "float16" (default:
-        bf16 on CUDA, fp32 on CPU); max_batch_size: sequences decoded together (default 64 on CPU, 256 on CUDA);
+        bf16 on CUDA, fp32 on CPU); max_batch_size: sequences decoded together (default 256 on CPU, 512 on CUDA: with the prompt KV shared,
+        a row costs little memory, and on CPU tokens/s still grows from 64 to 256 rows);
         prefill_tokens: padded prompt tokens per prefill forward pass; max_model_len: context length (default: the
         model's `max_position_embeddings`); num_threads: torch CPU threads (default: the CPUs this process may use,
-        one for models under 20M parameters). torch's thread count is process-wide.
+        one for models under 20M parameters). torch's thread count is process-wide. prefix_cache_mb: memory for the KV
+        of recent prompts, reused by prompts that extend them (0 turns the prefix cache off).
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -296,7 +382,7 @@ class HFPolicy:
         self.dtype = tdtype
         self.num_layers = int(cfg.num_hidden_layers)
         self.max_model_len = int(max_model_len or getattr(cfg, "max_position_embeddings", 0) or 4096)
-        self.max_batch_size = int(max_batch_size or (256 if self.device.type == "cuda" else 64))
+        self.max_batch_size = int(max_batch_size or (512 if self.device.type == "cuda" else 256))
         if self.max_batch_size < 1 or prefill_tokens < 1:
             raise ValueError("max_batch_size and prefill_tokens must be >= 1")
         self.prefill_tokens = int(prefill_tokens)
@@ -313,6 +399,11 @@ class HFPolicy:
         self._empty_prompt_ids = [int(bos if bos is not None else self.pad_token_id)]
         self.stats = HFGenerationStats()
         self._lock = threading.Lock()
+        heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        bytes_per_token = self.num_layers * 2 * heads * head_dim * torch.tensor([], dtype=tdtype).element_size()
+        budget = prefix_cache_mb * 2**20 // bytes_per_token
+        self.prefix_cache: PrefixCache | None = PrefixCache(budget) if budget > 0 else None
 
     @property
     def model_id(self) -> str:
@@ -388,41 +479,106 @@ class HFPolicy:
     # -- one chunk: prefill its unique prompts once, then decode all its rows together ----------------------------------
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[list[Any], list[Any], Any, Any]:
-        """KV of the prompts, left-padded to a common length: ([P, Hkv, Lp, D] per layer) x2, key-valid mask, logits."""
+        """KV of a chunk's unique prompts, reusing cached prefixes: per layer [P, Hkv, T, D] (left-padded to the
+        longest prompt T), the [P, T] key-valid mask, and the last position's logits [P, V]."""
+        import torch
+
+        hits = [self.prefix_cache.lookup(p) if self.prefix_cache else (None, 0) for p in prompts]
+        # Micro-batches of prompts with similar numbers of tokens left to compute, under the token budget.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) - hits[i][1])
+        kv: list[tuple[list[Any], list[Any]]] = [([], [])] * len(prompts)
+        logits: list[Any] = [None] * len(prompts)
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order):
+                n_max = len(prompts[order[stop]]) - hits[order[stop]][1]
+                if (stop + 1 - start) * n_max > self.prefill_tokens:
+                    break
+                stop += 1
+            batch = order[start:stop]
+            for i, (k, v, lg) in zip(
+                batch, self._prefill_micro([prompts[i] for i in batch], [hits[i] for i in batch]), strict=True
+            ):
+                kv[i], logits[i] = (k, v), lg
+            start = stop
+        if self.prefix_cache is not None:
+            for p, (k, v) in zip(prompts, kv, strict=True):
+                self.prefix_cache.store(p, k, v)
+        self.stats.cached_prompt_tokens += sum(c for _, c in hits)
+        # The chunk's shared prefix: each prompt right-aligned (left padding), pads zeroed (masked, but must be finite).
+        width = max(len(p) for p in prompts)
+        valid = torch.zeros((len(prompts), width), dtype=torch.bool, device=self.device)
+        for i, p in enumerate(prompts):
+            valid[i, width - len(p) :] = True
+        keys: list[Any] = []
+        values: list[Any] = []
+        for layer in range(self.num_layers):
+            for src, dst in ((0, keys), (1, values)):
+                first = kv[0][src][layer]
+                buf = first.new_zeros(len(prompts), first.shape[0], width, first.shape[2])
+                for i, p in enumerate(prompts):
+                    buf[i, :, width - len(p) :] = kv[i][src][layer]
+                dst.append(buf)
+        return keys, values, valid, torch.stack(logits)
+
+    def _prefill_micro(
+        self, prompts: list[tuple[int, ...]], hits: list[tuple[Any, int]]
+    ) -> list[tuple[list[Any], list[Any], Any]]:
+        """One forward pass over the prompts' uncached tokens, attending to their cached prefixes.
+
+        Row r holds [pad | cached prefix (c_r) | pad | new tokens (n_r)] with explicit positions and a 4D mask, so
+        prompts with different cached lengths share the pass. Returns, per prompt, its whole KV per layer
+        ([Hkv, len, D], contiguous) and its last position's logits.
+        """
         import torch
         from transformers import DynamicCache
 
-        lp = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), lp), self.pad_token_id, dtype=torch.long)
-        valid = torch.zeros((len(prompts), lp), dtype=torch.bool)
-        for i, p in enumerate(prompts):
-            ids[i, lp - len(p) :] = torch.tensor(p, dtype=torch.long)
-            valid[i, lp - len(p) :] = True
-        ids, valid = ids.to(self.device), valid.to(self.device)
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(lp, lp, dtype=torch.bool, device=self.device).tril()
-        eye = torch.eye(lp, dtype=torch.bool, device=self.device)
-        per_batch = max(1, self.prefill_tokens // lp)
-        keys: list[list[Any]] = [[] for _ in range(self.num_layers)]
-        values: list[list[Any]] = [[] for _ in range(self.num_layers)]
-        logits = []
-        for s in range(0, len(prompts), per_batch):
-            sl = slice(s, s + per_batch)
-            # Pad queries attend to themselves so that no row of the softmax is empty (NaN would leak into values).
-            mask = (causal & valid[sl, None, None, :]) | eye
-            cache: Any = DynamicCache(config=self.model.config)
-            out = self.model(
-                input_ids=ids[sl], attention_mask=mask, position_ids=positions[sl], cache=cache, logits_to_keep=1
-            )
-            logits.append(out.logits[:, -1, :].float())
+        b = len(prompts)
+        cs = [c for _, c in hits]
+        ns = [len(p) - c for p, c in zip(prompts, cs, strict=True)]
+        cmax, nmax = max(cs), max(ns)
+        ids = torch.full((b, nmax), self.pad_token_id, dtype=torch.long)
+        pos = torch.zeros((b, nmax), dtype=torch.long)
+        new_valid = torch.zeros((b, nmax), dtype=torch.bool)
+        past_valid = torch.zeros((b, cmax), dtype=torch.bool)
+        for r, (p, c, n) in enumerate(zip(prompts, cs, ns, strict=True)):
+            ids[r, nmax - n :] = torch.tensor(p[c:], dtype=torch.long)
+            pos[r, nmax - n :] = torch.arange(c, c + n)
+            new_valid[r, nmax - n :] = True
+            past_valid[r, cmax - c :] = True
+        ids, pos, new_valid, past_valid = (t.to(self.device) for t in (ids, pos, new_valid, past_valid))
+        causal = torch.ones(nmax, nmax, dtype=torch.bool, device=self.device).tril()
+        eye = torch.eye(nmax, dtype=torch.bool, device=self.device)
+        # Pad queries attend to themselves so that no row of the softmax is empty (NaN would leak into values).
+        own = (causal & new_valid[:, None, None, :]) | eye
+        mask = torch.cat([past_valid[:, None, None, :].expand(b, 1, nmax, cmax), own], dim=-1)
+        if cmax:
+            past = []
             for layer in range(self.num_layers):
-                keys[layer].append(cache.layers[layer].keys)
-                values[layer].append(cache.layers[layer].values)
-
-        def cat(xs: list[Any]) -> Any:
-            return xs[0] if len(xs) == 1 else torch.cat(xs, 0)
-
-        return [cat(k) for k in keys], [cat(v) for v in values], valid, cat(logits)
+                pair = []
+                for src in (0, 1):
+                    ref = hits[cs.index(cmax)][0].kv[src][layer]
+                    buf = ref.new_zeros(b, ref.shape[0], cmax, ref.shape[2])
+                    for r, (entry, c) in enumerate(hits):
+                        if c:
+                            buf[r, :, cmax - c :] = entry.kv[src][layer][:, :c]
+                    pair.append(buf)
+                past.append((pair[0], pair[1]))
+            cache: Any = DynamicCache(past, config=self.model.config)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, logits_to_keep=1)
+        last = out.logits[:, -1, :].float()
+        results = []
+        for r, (c, n) in enumerate(zip(cs, ns, strict=True)):
+            k_r, v_r = [], []
+            for layer in range(self.num_layers):
+                lk, lv = cache.layers[layer].keys[r], cache.layers[layer].values[r]
+                k_r.append(torch.cat([lk[:, cmax - c : cmax], lk[:, cmax + nmax - n :]], dim=1))
+                v_r.append(torch.cat([lv[:, cmax - c : cmax], lv[:, cmax + nmax - n :]], dim=1))
+            results.append((k_r, v_r, last[r]))
+        return results
 
     def _run_chunk(self, chunk: list[tuple[tuple[int, ...], list[_Row]]], spec: SamplingSpec, max_new: int) -> None:
         import torch

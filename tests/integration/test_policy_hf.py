@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rstar.models.policy_hf import HFPolicy, _sample, derive_seed, find_stop  # noqa: E402
+from rstar.models.policy_hf import HFPolicy, PrefixCache, _sample, derive_seed, find_stop  # noqa: E402
 from rstar.models.tiny import TinyModelConfig, build_tiny_model  # noqa: E402
 from rstar.types import SamplingSpec  # noqa: E402
 from rstar.verify.steps import END_OF_CODE, END_OF_STEP, STOP_STRINGS  # noqa: E402
@@ -166,6 +166,42 @@ def test_identical_prompts_share_one_prefill(policy: HFPolicy) -> None:
     out = policy.generate(["same", "same", "same"], SamplingSpec(n=2, temperature=1.0, max_tokens=6), seeds=[1, 2, 1])
     assert policy.stats.unique_prompts - before == 1
     assert out[0] == out[2] and out[0] != out[1]
+
+
+def test_prefix_cache_reuses_parent_prompts(tiny_path: Path) -> None:
+    """A prompt that extends an earlier one (a child node's prompt) reuses its KV, and the samples do not change."""
+    on = HFPolicy(tiny_path, num_threads=1)
+    off = HFPolicy(tiny_path, num_threads=1, prefix_cache_mb=0)
+    assert off.prefix_cache is None and on.prefix_cache is not None
+    parents = [PROMPTS[0] + " How many apples does Tom have now?\n<code>\n", "<|user|>:\nAnn has 5 pencils. " * 3]
+    children = [parents[0] + "# Step 1: add\nx = 3 + 4\n<end_of_step>\n", parents[1] + "y = 5", parents[0]]
+    spec = SamplingSpec(n=3, temperature=1.0, max_tokens=12, stop=("e",))
+    for pol in (on, off):
+        pol.generate(parents, spec, seeds=[1, 2])
+    assert on.stats.cached_prompt_tokens == 0
+    assert on.generate(children, spec, seeds=[3, 4, 5]) == off.generate(children, spec, seeds=[3, 4, 5])
+    tok = on.tokenizer
+    reusable = sum(len(tok(p).input_ids) for p in parents) + len(tok(parents[0]).input_ids) - 4  # BPE may re-merge
+    assert on.stats.cached_prompt_tokens >= reusable
+    assert off.stats.cached_prompt_tokens == 0
+
+
+def test_prefix_cache_lookup_and_lru_budget() -> None:
+    cache = PrefixCache(budget_tokens=60, min_reuse=4)
+    a, b = tuple(range(20)), (*range(10), 99, 98, 97, 96, 95)
+    cache.store(a, ["ka"], ["va"])
+    cache.store(b, ["kb"], ["vb"])
+    entry, n = cache.lookup((*range(12), 50))
+    assert entry is not None and entry.kv == (["ka"], ["va"]) and n == 12  # the longest common prefix wins
+    entry, n = cache.lookup(a)
+    assert entry is not None and n == 19  # an identical prompt still computes its last token
+    assert cache.lookup((0, 1, 2, 7, 7, 7, 7)) == (None, 0)  # shares fewer than min_reuse tokens
+    assert cache.lookup((5, 6, 7, 8, 9, 10)) == (None, 0)  # other first tokens: other bucket
+    cache.store(tuple(range(100, 130)), ["kc"], ["vc"])  # 20 + 15 + 30 > 60: the least recent (b) goes
+    assert len(cache) == 2 and cache.tokens == 50
+    assert cache.lookup((*range(10), 99, 98, 97, 0))[1] == 10  # b is gone; a still shares 10 tokens
+    cache.store(tuple(range(500)), ["big"], ["big"])  # larger than the whole budget: not stored
+    assert len(cache) == 2
 
 
 def test_bad_arguments(policy: HFPolicy, tmp_path: Path) -> None:
