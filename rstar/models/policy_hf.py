@@ -438,8 +438,10 @@ class HFPolicy:
             token_ids: list[tuple[int, ...]] = []
             for ids in encoded:
                 ids = list(ids) or self._empty_prompt_ids
-                if len(ids) > keep:
-                    ids = ids[len(ids) - keep :]
+                if len(ids) > keep:  # keep the end (the newest steps), and a leading BOS the tokenizer added
+                    bos = self.tokenizer.bos_token_id
+                    head = [ids[0]] if bos is not None and ids[0] == bos and keep > 1 else []
+                    ids = head + ids[len(ids) - (keep - len(head)) :]
                     self.stats.truncated_prompts += 1
                 token_ids.append(tuple(ids))
             # Identical prompts share one prefill; longest first so that chunks pad little.
