@@ -124,7 +124,11 @@ class OpenAIPolicy:
         self._model = model
         self.available_models: list[str] | None = None
         if check_model:
-            self._model = self._run(self._resolve_model(model))
+            try:
+                self._model = self._run(self._resolve_model(model))
+            except BaseException:
+                self.close()  # do not leave the loop thread and its connections behind
+                raise
 
     # -- public API ----------------------------------------------------------------------------------------------------
 
