@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=None, help="(b) candidates per expansion (8; 4 with --quick)")
     ap.add_argument("--rollouts", type=int, default=None, help="(b) rollouts per problem (1)")
     ap.add_argument("--max-depth", type=int, default=None, help="(b) max depth (3; 2 with --quick)")
-    ap.add_argument("--max-step-tokens", type=int, default=None, help="(b) tokens per step (48; 16 with --quick)")
+    ap.add_argument("--max-step-tokens", type=int, default=None, help="(b) tokens per step (48; 24 with --quick)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the CPUs available)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.candidates = args.candidates or (4 if q else 8)
     args.rollouts = args.rollouts or 1
     args.max_depth = args.max_depth or (2 if q else 3)
-    args.max_step_tokens = args.max_step_tokens or (16 if q else 48)
+    args.max_step_tokens = args.max_step_tokens or (24 if q else 48)
 
     started = time.perf_counter()
     print("(a) bookkeeping with a zero-cost fake policy ...", file=sys.stderr, flush=True)
