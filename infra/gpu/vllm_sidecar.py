@@ -27,7 +27,8 @@ What the launcher guarantees:
   of the path), so the policy spec — which is part of every synthesis cache key — differs per model.
 - `stop` sends SIGTERM to the process group, then SIGKILL after `stop_timeout_s`.
 
-It binds 127.0.0.1 by default: only the worker on the same node talks to it. An API key, if wanted, comes from the
+Defaults come from the environment a GPU work pool sets (infra/deploy/gpu-work-pool.json): RSTAR_VLLM_VENV,
+RSTAR_VLLM_PORT, RSTAR_VLLM_TENSOR_PARALLEL_SIZE; flags override them. It binds 127.0.0.1 by default: only the worker on the same node talks to it. An API key, if wanted, comes from the
 environment (`VLLM_API_KEY`, read by vLLM itself), never from a flag or a file. The PPM is not served here: it runs in
 the worker process on the GPU with transformers (`hf:` backend), see docs/operations.md.
 """
@@ -65,11 +66,13 @@ class SidecarConfig:
     """How the sidecar is installed and served. Defaults fit one GPU node running one worker."""
 
     home: Path = field(default_factory=lambda: Path(os.environ.get("RSTAR_HOME", ".rstar")).absolute())
-    venv: Path | None = None  # default <home>/vllm-venv
+    venv: Path | None = field(default_factory=lambda: _env_path("RSTAR_VLLM_VENV"))  # None: <home>/vllm-venv
     vllm_spec: str = VLLM_SPEC
     host: str = "127.0.0.1"
-    port: int = 8000
-    tensor_parallel_size: int = 1
+    port: int = field(default_factory=lambda: int(os.environ.get("RSTAR_VLLM_PORT", "8000")))
+    tensor_parallel_size: int = field(
+        default_factory=lambda: int(os.environ.get("RSTAR_VLLM_TENSOR_PARALLEL_SIZE", "1"))
+    )
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
     dtype: str = "auto"
@@ -91,6 +94,11 @@ class SidecarConfig:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def model_id(model: str) -> str:
