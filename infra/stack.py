@@ -746,6 +746,10 @@ class Stack:
         c = self.config
         with self._lock():
             state = self._state()
+            if any(self._running(n) for n in SERVICES):
+                # A running stack keeps its wiring, even when this shell sourced its env file (which would make the
+                # settings name its moto bucket as an "external" store).
+                self.config = c = self._adopt(state)
             stack_id = str(state.get("stack_id") or uuid.uuid4().hex[:12])
             running = {n: p for n in c.services() if (p := self._running(n)) is not None}
             ports = self._ports(state, running)
@@ -801,10 +805,30 @@ class Stack:
             "ports": {"prefect": ports.prefect, "mlflow": ports.mlflow, "s3": ports.s3},
             "urls": self.urls(ports),
             "s3_mode": c.s3,
+            "bucket": c.bucket,
+            "prefix": c.prefix,
+            "external_artifact_url": c.external_artifact_url,
+            "external_s3_endpoint": c.external_s3_endpoint,
             "work_pool": c.work_pool,
+            "gpu_work_pool": c.gpu_work_pool,
+            "worker": c.worker,
             "services": list(c.services()),
             "host": c.host,
         }
+
+    def _adopt(self, state: Mapping[str, Any]) -> StackConfig:
+        """The config with the wiring recorded by the `up` that started the running services."""
+        keys = ("bucket", "prefix", "external_artifact_url", "external_s3_endpoint", "work_pool", "gpu_work_pool",
+                "worker", "host")  # fmt: skip
+        changes: dict[str, Any] = {k: state[k] for k in keys if k in state}
+        if state.get("s3_mode") in ("moto", "external", "off"):
+            changes["s3"] = state["s3_mode"]
+        return replace(self.config, **changes)
+
+    def _known_services(self, state: Mapping[str, Any]) -> list[str]:
+        """Services the state names or that have a PID file (in start order)."""
+        named = set(state.get("services") or self.config.services())
+        return [s for s in SERVICES if s in named or self._pid_file(s).exists()]
 
     def write_env_file(self, env: Mapping[str, str | None], ports: Ports) -> Path:
         urls = self.urls(ports)
@@ -830,8 +854,7 @@ class Stack:
         state = self._state()
         ports = self.ports()
         out = []
-        services = state.get("services") or list(self.config.services())
-        for name in services:
+        for name in self._known_services(state):
             proc = self._read_proc(name)
             running = proc is not None and pid_alive(proc.pid, proc.start_time)
             healthy, message = (False, "not started")
@@ -850,8 +873,7 @@ class Stack:
         """Stop every service (worker first, with SIGINT), sweep leftovers, remove PID and env files."""
         with self._lock():
             state = self._state()
-            services = list(state.get("services") or self.config.services())
-            stopped = self._stop(list(reversed([s for s in SERVICES if s in services])))
+            stopped = self._stop(list(reversed(self._known_services(state))))
             stack_id = state.get("stack_id")
             if stack_id:
                 leftovers = processes_with_marker(f"{stack_id}:")

@@ -3,7 +3,8 @@
 This module starts a second, independent stack (its own RSTAR_HOME and free ports) so it can take it down without
 disturbing the session's shared one. Checks:
 
-- `up` twice: the second call starts nothing (same PIDs, one process group per service, no extra processes).
+- `up` twice (the second time from a shell that sourced the env file): the second call starts nothing (same PIDs,
+  no extra processes) and rewrites the same env file.
 - `status` prints every URL and says healthy; the env file is sourceable by a shell and points at the stack.
 - `down`: the worker goes first with SIGINT, then the servers; no process carrying the stack's marker survives,
   the ports are free again, the env file is gone; a second `down` is a no-op.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import processes_with_marker
+from infra.stack import apply_env, processes_with_marker, read_env_file
 from tests.e2e.test_stack_shared import clean_env, rstar
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -54,11 +55,15 @@ def test_up_is_idempotent_status_reports_health_and_down_leaves_nothing(tmp_path
         running_before = processes_with_marker(marker)
         assert set(started.values()) <= set(running_before)
 
-        second = rstar(["stack", "up"], env)
+        env_file = home / "stack" / "env"
+        written = env_file.read_text().split("\n", 1)[1]  # without the timestamp line
+        # Again, from a shell that sourced the env file (its s3:// URL must not turn moto into an "external" store).
+        second = rstar(["stack", "up"], apply_env(env, read_env_file(env_file)))
         assert second.returncode == 0, second.stderr
         assert "0 started, 4 already running" in second.stdout
         assert pids(home) == started
         assert processes_with_marker(marker) == running_before  # not one extra process
+        assert env_file.read_text().split("\n", 1)[1] == written
 
         status = rstar(["stack", "status"], env)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -67,7 +72,6 @@ def test_up_is_idempotent_status_reports_health_and_down_leaves_nothing(tmp_path
         assert status.stdout.count("healthy") == 4
         assert state["urls"]["prefect_ui"] in status.stdout and state["urls"]["mlflow"] in status.stdout
 
-        env_file = home / "stack" / "env"
         echoed = subprocess.run(
             ["bash", "-c", f"source {env_file} && echo $PREFECT_API_URL $RSTAR_ARTIFACT_URL $AWS_PROFILE."],
             env={**env, "AWS_PROFILE": "someone-else"}, capture_output=True, text=True, check=True,
