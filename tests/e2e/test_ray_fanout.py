@@ -61,7 +61,7 @@ def drive(backend: str, train: Path) -> dict[str, Any]:
     if backend == "ray":
         from ray.cluster_utils import Cluster
 
-        node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE}
+        node: dict[str, Any] = {"num_cpus": 1, "object_store_memory": OBJECT_STORE}
         cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
         cluster.add_node(**node)
         cluster.wait_for_nodes()
@@ -78,7 +78,7 @@ def drive(backend: str, train: Path) -> dict[str, Any]:
 
     t0 = time.monotonic()
     try:
-        batch = check()
+        batch: Any = check()
     finally:
         if cluster is not None:
             cluster.shutdown()
