@@ -10,9 +10,12 @@ n times and duplicates the prompt's KV cache n times. Here:
 - **Each unique prompt is prefilled once** (left-padded micro-batches under a token budget; only the last position's
   logits are computed). Its KV cache is *shared* by its n samples, never copied: decoding uses "cascade" attention,
   i.e. attention over the shared prompt KV (one matmul for all n samples of a prompt) merged by log-sum-exp with
-  attention over each sample's own generated tokens. This cuts the attention memory traffic (which dominates decoding
-  on CPU at batch 64 and a few hundred tokens of context) by ~n, and the KV memory with it. It is registered as the
-  attention implementation `rstar_cascade`, which falls back to SDPA for everything but our decode steps.
+  attention over each sample's own generated tokens. This cuts attention memory traffic and KV memory by ~n
+  (duplicated, the prompt KV of 64 rows x 800 tokens made attention cost 1-2 s per decode step on 2 CPU cores, several
+  times the matmuls). It is registered as the attention implementation `rstar_cascade`, which falls back to SDPA for
+  everything but our decode steps.
+- **Prefix cache across calls**: the KV of recent prompts is kept (LRU, `prefix_cache_mb`); a prompt that extends one
+  of them (a child node's prompt extends its parent's) computes only its new tokens.
 - **Generated tokens** go into preallocated per-row buffers (no per-step `torch.cat` of the whole cache).
 - **Finished rows cost nothing**: a row that hits a stop string, EOS or its token limit leaves the batch at once; the
   hole is filled by moving the last live row into it (copying one row, not the batch), and a prompt whose samples
@@ -334,13 +337,13 @@ class HFPolicy:
     ) -> None:
         """Load the model and tokenizer from a `save_pretrained` folder.
 
-        device: "cuda", "cpu", ... (default: cuda when available); dtype: "float32", "bfloat16", "float16" (default:
-        bf16 on CUDA, fp32 on CPU); max_batch_size: sequences decoded together (default 256 on CPU, 512 on CUDA: with the prompt KV shared,
-        a row costs little memory, and on CPU tokens/s still grows from 64 to 256 rows);
-        prefill_tokens: padded prompt tokens per prefill forward pass; max_model_len: context length (default: the
-        model's `max_position_embeddings`); num_threads: torch CPU threads (default: the CPUs this process may use,
-        one for models under 20M parameters). torch's thread count is process-wide. prefix_cache_mb: memory for the KV
-        of recent prompts, reused by prompts that extend them (0 turns the prefix cache off).
+        device: "cuda", "cpu", ... (default: cuda when available). dtype: "float32", "bfloat16", "float16" (default:
+        bf16 on CUDA, fp32 on CPU). max_batch_size: sequences decoded together (default 256 on CPU, 512 on CUDA; with
+        the prompt KV shared a row costs little memory, and on CPU tokens/s still grows from 64 to 256 rows).
+        prefill_tokens: padded query tokens per prefill forward pass. max_model_len: context length (default: the
+        model's `max_position_embeddings`). num_threads: torch CPU threads (default: the CPUs this process may use,
+        one for models under 20M parameters; torch's thread count is process-wide). prefix_cache_mb: memory for the
+        KV of recent prompts, reused by prompts that extend them (0 turns the prefix cache off).
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -675,9 +678,9 @@ class HFPolicy:
             logits = out.logits[:, -1, :].float()
             position = position + 1
         else:
-            for slot in live:  # max_new reached on the last step (finish check marks them); safety net
-                if rows[slot].result is None:
-                    rows[slot].result = self._finish(rows[slot], "length", None, None)
+            for r in live:  # safety net: the finish check already ends every row at max_new tokens
+                if rows[r].result is None:
+                    rows[r].result = self._finish(rows[r], "length", None, None)
         self.stats.decode_s += time.perf_counter() - t1
 
     # -- finishing ---------------------------------------------------------------------------------------------------
