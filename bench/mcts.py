@@ -10,7 +10,8 @@
 (b) A real model: SmolLM2-135M-Instruct (`smollm2-135m`, fp32) on CPU through the `hf` backend, the real sandbox
     executing its code. The same problems and seeds are searched twice: with cross-problem batching (every tree in
     flight, one policy call per tick carrying all their expansions) and one problem at a time (`max_active_trees=1`).
-    Seeds are per tree, so both runs build the same trees: same expansions, same tokens (`identical_trees` checks it).
+    Seeds are per tree, so both runs build the same trees up to floating-point rounding (batch shapes and prefix-cache
+    hits change logits in the last bits, which can flip a sample at a near-tie): `identical_trees` counts them.
     Reported: the share of wall time spent inside `policy.generate` (batched run) and generated tokens per second of
     wall time for each variant. The machine drifts and is shared, so the full run interleaves the two variants over
     two halves of the problems (batched A, sequential A, sequential B, batched B) and sums them; --quick runs each
