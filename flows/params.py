@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.runners import FanOut
 
@@ -175,8 +175,19 @@ class EvolutionParams(_Params):
     )
     problems: str = Field(..., description="problem set: local JSONL/JSON/Parquet path, dataset id, or artifact URI")
     problem_limit: int | None = Field(default=None, ge=1)
-    bootstrap_policy: str = Field(
-        ..., description="round 1's generator: any spec, e.g. openai:URL#MODEL (a large model) or hf:seed-sft-folder"
+    bootstrap_policy: str | None = Field(
+        default=None,
+        description="round 1's generator: any spec, e.g. openai:URL#MODEL (a large model) or hf:seed-sft-folder; "
+        "None: the model trained on `bootstrap_sft`",
+    )
+    bootstrap_sft: str | None = Field(
+        default=None,
+        description="seed SFT file (JSONL/JSON/Parquet with prompt, completion; e.g. `rstar world`'s seed_sft.jsonl): "
+        "training.base_model is fine-tuned on it before round 1 and becomes round 1's generator",
+    )
+    bootstrap_epochs: float = Field(default=3.0, gt=0, description="epochs of the seed SFT")
+    bootstrap_learning_rate: float | None = Field(
+        default=None, gt=0, description="learning rate of the seed SFT (None: training.learning_rate)"
     )
     initial_ppm: str | None = Field(default=None, description="a PPM for the first round (normally none)")
     ppm_from_round: int = Field(default=3, ge=1, description="first PPM-augmented round (paper: 3)")
@@ -201,6 +212,22 @@ class EvolutionParams(_Params):
     )
     register_models: bool = Field(default=True)
 
+    @model_validator(mode="after")
+    def _has_a_bootstrap(self) -> EvolutionParams:
+        if self.bootstrap_policy is None and self.bootstrap_sft is None:
+            raise ValueError("set bootstrap_policy (a model spec) or bootstrap_sft (a seed SFT file)")
+        if self.bootstrap_sft is not None and self.training.base_model is None:
+            raise ValueError("bootstrap_sft needs training.base_model: the model the seed SFT fine-tunes")
+        return self
+
+    def bootstrap_config(self) -> dict[str, Any]:
+        """TrainConfig fields of the seed SFT: the round's policy options with the bootstrap's epochs and LR."""
+        cfg = self.training.policy_config()
+        cfg["num_epochs"] = self.bootstrap_epochs
+        if self.bootstrap_learning_rate is not None:
+            cfg["learning_rate"] = self.bootstrap_learning_rate
+        return cfg
+
 
 @dataclass(frozen=True)
 class PreviousRound:
@@ -214,7 +241,10 @@ class PreviousRound:
 def round_params(evo: EvolutionParams, k: int, previous: PreviousRound | None) -> RoundParams:
     """Round k's parameters (pure): models from round k-1, search mode and rollouts by round number, as in the paper."""
     first = k == evo.first_round or previous is None
+    if previous is None and evo.bootstrap_policy is None:
+        raise ValueError("round_params: no previous round and no bootstrap_policy (train the bootstrap first)")
     policy = evo.bootstrap_policy if previous is None else previous.policy
+    assert policy is not None
     ppm = evo.initial_ppm if previous is None else (previous.ppm or evo.initial_ppm)
     mode: Literal["terminal", "ppm"] = "ppm" if k >= evo.ppm_from_round and ppm is not None else "terminal"
     rollouts = evo.rollouts_first_round if k == 1 else evo.rollouts
@@ -271,6 +301,8 @@ class RoundResult(BaseModel):
 class EvolutionResult(BaseModel):
     rounds: list[RoundResult]
     accuracy_before: dict[str, float]
+    accuracy_bootstrap: dict[str, float] | None = None  # the seed-SFT policy of round 0, when there is one
+    bootstrap_policy: str | None = None
     accuracy_after: dict[str, float]
     policy: str
     ppm: str | None

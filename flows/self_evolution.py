@@ -13,7 +13,9 @@ round left unsolved (or short of correct trajectories) get extra rollouts (its a
 is the pure function `flows.params.round_params`.
 
 Before round 1 the model being evolved (`training.base_model`, else the bootstrap policy) is evaluated, so the
-summary shows accuracy before and after. Each round is a subflow named `round-k`; re-running the evolution with the
+summary shows accuracy before and after. With `bootstrap_sft` (and no `bootstrap_policy`) a round 0 first fine-tunes
+`training.base_model` on that seed SFT set (tasks/bootstrap.py): the CPU-sized stand-in for the paper's large
+bootstrap model; the result generates round 1's trees and is evaluated too. Each round is a subflow named `round-k`; re-running the evolution with the
 same parameters re-uses every finished stage of every round.
 """
 
@@ -24,8 +26,10 @@ from prefect.artifacts import create_table_artifact
 
 from flows.params import EvolutionParams, EvolutionResult, PreviousRound, RoundResult, round_params
 from flows.round import _param, evolution_round
+from tasks.bootstrap import ingest_seed_sft
 from tasks.common import run_logger
 from tasks.evaluate import accuracy_of, evaluate_task
+from tasks.train import train_policy_task
 
 
 def evolution_run_name() -> str:
@@ -40,13 +44,27 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
     logger = run_logger()
     ev = params.evaluation
     before: dict[str, float] = {}
+    base = params.training.base_model or params.bootstrap_policy
+    assert base is not None  # EvolutionParams guarantees a base model or a bootstrap
     if params.evaluate_base and ev.enabled:
-        base = params.training.base_model or params.bootstrap_policy
         ref = evaluate_task(
             base, None, ev.benchmarks, ev.mode, ev.budget, ev.limit, params.seed, params.first_round - 1, ev.extra
         )
         before = accuracy_of(ref)
         logger.info("before round %d: %s accuracy %s", params.first_round, base, before)
+
+    bootstrap: dict[str, float] | None = None
+    if params.bootstrap_sft is not None and params.bootstrap_policy is None:
+        # Round 0: fine-tune the base model on the seed SFT set; the result generates round 1's trees.
+        seed_sft = ingest_seed_sft(params.bootstrap_sft)
+        boot = train_policy_task(seed_sft, base, params.bootstrap_config(), params.seed, 0)
+        logger.info("bootstrap policy (seed SFT of %s on %s): %s", base, params.bootstrap_sft, boot.uri)
+        params = params.model_copy(update={"bootstrap_policy": boot.uri})
+        if ev.enabled:
+            bootstrap = accuracy_of(
+                evaluate_task(boot.uri, None, ev.benchmarks, ev.mode, ev.budget, ev.limit, params.seed, 0, ev.extra)
+            )
+            logger.info("bootstrap policy accuracy %s", bootstrap)
 
     results: list[RoundResult] = []
     previous: PreviousRound | None = None
@@ -56,14 +74,16 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
         previous = PreviousRound(policy=result.policy, ppm=result.ppm, aggregate=result.aggregate)
 
     benchmarks = sorted({b for r in results for b in r.accuracy} | set(before))
-    table = [
-        {
-            "round": "base",
-            "coverage": None,
-            **{b: before.get(b) for b in benchmarks},
-            "policy": params.training.base_model or params.bootstrap_policy,
-        }
-    ]
+    table = [{"round": "base", "coverage": None, **{b: before.get(b) for b in benchmarks}, "policy": base}]
+    if bootstrap is not None:
+        table.append(
+            {
+                "round": "bootstrap",
+                "coverage": None,
+                **{b: bootstrap.get(b) for b in benchmarks},
+                "policy": params.bootstrap_policy,
+            }
+        )
     table += [
         {
             "round": r.round_idx,
@@ -76,5 +96,11 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
     create_table_artifact(key="self-evolution-summary", table=table, description="coverage and accuracy per round")
     last = results[-1]
     return EvolutionResult(
-        rounds=results, accuracy_before=before, accuracy_after=last.accuracy, policy=last.policy, ppm=last.ppm
+        rounds=results,
+        accuracy_before=before,
+        accuracy_bootstrap=bootstrap,
+        bootstrap_policy=params.bootstrap_policy,
+        accuracy_after=last.accuracy,
+        policy=last.policy,
+        ppm=last.ppm,
     )

@@ -400,6 +400,41 @@ def test_self_evolution_feeds_each_round_the_previous_rounds_models(
     assert len(spy.calls) == 2  # one shard per round
 
 
+def test_seed_sft_bootstrap_trains_round_ones_generator(
+    prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy
+) -> None:
+    """With `bootstrap_sft` a round 0 fine-tunes the base model on the seed set; that model searches round 1."""
+    from flows.params import EvolutionParams
+    from flows.self_evolution import self_evolution
+    from infra.storage import open_store
+
+    world = make_world(rstar_home.parent / "world", train=4)
+    params = EvolutionParams(
+        rounds=1,
+        problems=str(world["train"]),
+        bootstrap_sft=str(world["seed_sft"]),
+        bootstrap_epochs=1,
+        rollouts_first_round=2,
+        candidates=2,
+        search_extra={"extra_rollouts_if_unsolved": 0, "max_depth": 2, "max_step_tokens": 8},
+        shard_size=4,
+        training=TrainingOptions(base_model="tiny:0", train_policy=False, train_ppm=False, extra=TRAIN_FAST),
+        evaluation=EvalOptions(benchmarks=[f"world={world['heldout']}"], limit=1, extra=EVAL_FAST),
+        register_models=False,
+    )
+    result = self_evolution(params)
+    store = open_store()
+    boot = result.bootstrap_policy
+    assert boot is not None and "/rounds/0/policy/" in boot
+    boot_manifest = store.read_manifest(boot)
+    seed_sft = store.read_manifest(boot_manifest.parents[0]["uri"])
+    assert seed_sft.stage == "sft" and seed_sft.round == 0 and seed_sft.rows == 1
+    assert boot_manifest.config["train"]["num_epochs"] == 1
+    tree = store.read_manifest(result.rounds[0].trees[0])
+    assert tree.models["policy"] == f"artifact:policy:{boot_manifest.digest}"  # round 1 searched with the bootstrap
+    assert result.accuracy_bootstrap is not None and set(result.accuracy_bootstrap) == {"world"}
+
+
 def test_evaluate_flow_wraps_the_eval_library(prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy) -> None:
     from flows.evaluate import evaluate
 

@@ -285,3 +285,42 @@ def test_cli_reports_bad_parameters_clearly(
     assert run(args) == 2
     assert "shard_size" in capsys.readouterr().err
     get_settings.cache_clear()
+
+
+def test_evolution_needs_a_bootstrap_and_a_base_for_seed_sft() -> None:
+    from pydantic import ValidationError
+
+    from flows.params import EvolutionParams, TrainingOptions
+
+    with pytest.raises(ValidationError, match="bootstrap_policy"):
+        EvolutionParams(problems="train.jsonl")
+    with pytest.raises(ValidationError, match="base_model"):
+        EvolutionParams(problems="train.jsonl", bootstrap_sft="seed_sft.jsonl")
+    evo = EvolutionParams(
+        problems="train.jsonl",
+        bootstrap_sft="seed_sft.jsonl",
+        bootstrap_epochs=5,
+        bootstrap_learning_rate=1e-4,
+        training=TrainingOptions(base_model="smollm2-135m", epochs=2, batch_size=8),
+    )
+    assert evo.bootstrap_config() == {"num_epochs": 5, "learning_rate": 1e-4, "batch_size": 8}
+
+
+def test_seed_sft_file_is_read_into_the_sft_schema(tmp_path: Path) -> None:
+    import json
+
+    from rstar.data.schema import SFT_SCHEMA
+    from tasks.bootstrap import read_seed_sft
+
+    f = tmp_path / "seed.jsonl"
+    rows = [
+        {"problem_id": "a", "prompt": "P1", "completion": "x = 1\n<end_of_step>\nprint(x)\n<end_of_code>\n"},
+        {"problem_id": "b", "prompt": "P2", "completion": ""},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    df = read_seed_sft(f)
+    assert df.columns[: len(SFT_SCHEMA)] == list(SFT_SCHEMA) and df.height == 1
+    assert df.row(0, named=True)["num_steps"] == 2 and df.row(0, named=True)["source"] == "seed"
+    with pytest.raises(ValueError, match="lacks columns"):
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}))
+        read_seed_sft(tmp_path / "bad.jsonl")
