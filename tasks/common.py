@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +259,7 @@ def materialize(
         out = tmp / "out"
         out.mkdir()
         inputs = {role: store.get_artifact(ref.uri) for role, ref in parents.items()}
+        started = time.perf_counter()
         if tracker is None:
             result = build(out, inputs)
         else:
@@ -274,8 +276,9 @@ def materialize(
                             name=f"{ref.stage or role}-{ref.digest[:8]}/{path.name}",
                         )
                 result = build(out, inputs)
-                if result.metrics:
-                    tracker.log_metrics(result.metrics)
+                result.metrics.setdefault("wall_time_s", time.perf_counter() - started)
+                tracker.log_metrics(result.metrics)
+        result.metrics.setdefault("wall_time_s", time.perf_counter() - started)  # every stage records its time
         manifest = Manifest.create(
             key=key,
             digest=digest,
