@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
         "--modes",
         dest="modes",
         default="greedy",
-        help="comma-separated modes: greedy, maj, bon, beam, mcts, mcts-topk (default greedy)",
+        help="comma-separated modes: greedy, maj, bon, beam, mcts, mcts-topk, mcts-plain (default greedy)",
     )
     p.add_argument(
         "--budget", type=int, default=None, help="samples / beam width / rollouts (default 8; greedy ignores it)"

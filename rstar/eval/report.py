@@ -27,7 +27,7 @@ from rstar.eval.metrics import CellSummary, ProblemResult, breakdown, mode_label
 
 RESULTS_SCHEMA: dict[str, pl.DataType] = {
     "benchmark": pl.Utf8(),
-    "mode": pl.Utf8(),  # greedy | maj | bon | beam | mcts | mcts-topk
+    "mode": pl.Utf8(),  # greedy | maj | bon | beam | mcts | mcts-topk | mcts-plain
     "budget": pl.Int32(),  # samples (maj, bon), beam width (beam), rollouts (mcts); 1 for greedy
     "problem_id": pl.Utf8(),
     "problem": pl.Utf8(),  # the question text

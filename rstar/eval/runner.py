@@ -200,7 +200,7 @@ def evaluate(
             errors.append(f"{name}: {len(rep.errors) - 20} more rows skipped")
 
     own_executor = None
-    if executor is None and (cfg.format == "code" or any(m in ("mcts", "mcts-topk") for m in mode_names)):
+    if executor is None and (cfg.format == "code" or any(m.startswith("mcts") for m in mode_names)):
         try:
             own_executor = executor = _default_executor()
         except Exception as exc:  # no sandbox: code-format cells will fail with a clear error
@@ -275,7 +275,7 @@ def _blocker(mode: str, ctx: EvalContext) -> str | None:
     """Why `mode` cannot run at all in this context (its cells are then skipped), or None."""
     if mode in PPM_MODES and ctx.reward_model is None:
         return "it ranks trajectories with a PPM and none was given (--ppm SPEC)"
-    if mode in ("mcts", "mcts-topk") and ctx.config.format != "code":
+    if mode.startswith("mcts") and ctx.config.format != "code":
         return "the MCTS searches over code-augmented steps: use --format code"
     return None
 

@@ -95,7 +95,7 @@ def ctx_for(policy: SeedPolicy, ppm: FunctionRewardModel | None = None, **cfg: o
 
 
 def test_mode_names_and_aliases() -> None:
-    assert set(MODES) == {"greedy", "maj", "bon", "beam", "mcts", "mcts-topk"}
+    assert set(MODES) == {"greedy", "maj", "bon", "beam", "mcts", "mcts-topk", "mcts-plain"}
     assert resolve_mode("Majority") == "maj" and resolve_mode("best-of-n") == "bon"
     with pytest.raises(ValueError, match="greedy, maj, bon"):
         resolve_mode("dvts")
@@ -278,6 +278,39 @@ def test_mcts_runs_the_search_engine_once_for_both_rules() -> None:
     assert (topk.prediction, topk.correct, topk.votes) == ("2", True, 2)
     assert (best.n_samples, best.n_correct) == (4, 2)
     assert best.tokens == topk.tokens > 0
+
+
+def test_mcts_plain_votes_over_every_answer_and_never_consults_the_ppm() -> None:
+    ctx = ctx_for(one_step_policy(), scripted_ppm({}))
+    # The plain search has its own cache slot: a PPM-guided tree of the same budget is not reused for it.
+    ctx.cache[("mcts", 4, ("p1",))] = [_outcome(["1", "1", "1"], [0.9, 0.9, 0.9])]
+    ctx.cache[("mcts-plain", 4, ("p1",))] = [_outcome(["5", "1", "5", "7"], [0.0, 0.0, 0.0, 0.0])]
+    (plain,) = MODES["mcts-plain"]([P1], ctx, 4)
+    assert (plain.prediction, plain.correct, plain.votes) == ("5", True, 2)
+    assert (plain.n_samples, plain.n_correct) == (4, 2)
+
+
+def test_mcts_plain_search_scores_nothing_with_the_ppm() -> None:
+    """The real engine without a PPM: every new node starts at Q 0 and the PPM given to the context is never asked."""
+    first = [("# s0\nv = 1", END_OF_STEP), ("# s1\nv = 2", END_OF_STEP), ("# s2\nv = 1 + 1", END_OF_STEP)]
+
+    def fn(prompt: str, seed: int | None, n: int) -> list[Reply]:
+        if END_OF_STEP not in prompt:
+            return [first[i % 3] for i in range(n)]
+        return [("# fin\nprint(v)", END_OF_CODE)] * n
+
+    asked: list[str] = []
+
+    def score(prefix: str) -> float:
+        asked.append(prefix)
+        return 1.0
+
+    P = Problem("p9", "What is one plus one?", "2", source="toy")
+    ctx = ctx_for(SeedPolicy(fn), FunctionRewardModel(score), mcts_candidates=3)
+    (plain,) = MODES["mcts-plain"]([P], ctx, 3)
+    assert not asked
+    assert sorted(a or "" for a in plain.answers) == ["1", "2", "2"]
+    assert (plain.prediction, plain.correct, plain.votes) == ("2", True, 2)
 
 
 class ChatTokenizer:

@@ -8,6 +8,7 @@
 | `beam` | `beam` | beam width | highest-PPM finished trajectory of a step-level beam search |
 | `mcts` | `mcts` | rollouts | highest-PPM answer trajectory of a PPM-guided MCTS (the paper) |
 | `mcts-topk` | `mcts` | rollouts | majority over the top-K PPM-ranked answers of the same MCTS (the reference) |
+| `mcts-plain` | `mcts` | rollouts | majority over the answers of an MCTS run without the PPM (the baseline) |
 
 Each is `run(problems, ctx, budget) -> list[ProblemResult]`; see `rstar.eval.modes.base`.
 """
@@ -30,6 +31,7 @@ MODES: dict[str, ModeFn] = {
     "beam": beam.run,
     "mcts": mcts.run_best,
     "mcts-topk": mcts.run_topk,
+    "mcts-plain": mcts.run_plain,
 }
 ALIASES: dict[str, str] = {
     "majority": "maj",
@@ -39,6 +41,7 @@ ALIASES: dict[str, str] = {
     "best_of_n": "bon",
     "mcts_topk": "mcts-topk",
     "mcts-top-k": "mcts-topk",
+    "mcts_plain": "mcts-plain",
 }
 PPM_MODES = frozenset({"bon", "beam", "mcts", "mcts-topk"})
 BUDGETLESS_MODES = frozenset({"greedy"})

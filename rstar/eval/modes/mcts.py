@@ -7,6 +7,9 @@ test-time search). The search runs once per (batch, budget) and both answer rule
 - `mcts` (the paper): the answer of the answer terminal with the highest PPM score (ties: created first).
 - `mcts-topk` (the reference implementation): majority vote, by the grader's equivalence key, over the
   `config.top_k` highest-scoring answer terminals; ties go to the higher-ranked answer.
+- `mcts-plain` (the baseline): the same search at the same budget *without* the PPM (every score 0, so UCT explores
+  by visit counts), answered by majority vote over all its answer terminals. "PPM-guided MCTS beats plain MCTS at
+  equal budget" compares `mcts` with this.
 
 pass@k counts the tree's answer terminals (n) and the correct ones among them (c). `tokens` is every token the
 policy generated for the tree (dropped candidates included); wall time is the problem's share of the search's batch.
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rstar.eval.engine import EvalError
-from rstar.eval.metrics import ProblemResult, best_by_score, top_k_majority
+from rstar.eval.metrics import ProblemResult, best_by_score, majority_vote, top_k_majority
 from rstar.eval.modes.base import EvalContext, Grades, make_result
 from rstar.types import Problem
 
@@ -59,13 +62,25 @@ def search_config(ctx: EvalContext, budget: int, n_problems: int):  # -> rstar.c
     )
 
 
-def search(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list[TreeOutcome]:
-    """Run (or reuse from `ctx.cache`) the eval-mode MCTS over `problems`; one outcome per problem, in order."""
-    key = ("mcts", budget, tuple(p.id for p in problems))
+class _NoPPM:
+    """The reward model of plain MCTS: every prefix scores 0, so UCT explores by visit counts alone."""
+
+    model_id = "none"
+
+    def score(self, prefixes: Sequence[str]) -> list[float]:
+        return [0.0] * len(prefixes)
+
+
+def search(problems: Sequence[Problem], ctx: EvalContext, budget: int, *, plain: bool = False) -> list[TreeOutcome]:
+    """Run (or reuse from `ctx.cache`) the eval-mode MCTS over `problems`; one outcome per problem, in order.
+
+    `plain=True` searches without the PPM (all scores 0), the baseline of "PPM-guided MCTS vs plain MCTS".
+    """
+    key = ("mcts-plain" if plain else "mcts", budget, tuple(p.id for p in problems))
     if key in ctx.cache:
         cached: list[TreeOutcome] = ctx.cache[key]
         return cached
-    ppm = ctx.require_ppm("mcts")
+    ppm = _NoPPM() if plain else ctx.require_ppm("mcts")
     if ctx.executor is None:
         raise EvalError("mode mcts executes the policy's code: pass an executor (rstar.verify.sandbox)")
     if ctx.config.format != "code":
@@ -130,4 +145,16 @@ def run_topk(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list
     for p, o in zip(problems, search(problems, ctx, budget), strict=True):
         vote = top_k_majority(o.answers, o.scores, ctx.config.top_k)
         out.append(_result(p, "mcts-topk", budget, o, vote.first_index, vote.count if vote.answer else None))
+    return out
+
+
+def run_plain(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list[ProblemResult]:
+    """MCTS without a PPM at the same budget: majority vote over every answer the search reached.
+
+    The baseline against which PPM-guided MCTS is judged (the PPM is ignored even when one is given).
+    """
+    out = []
+    for p, o in zip(problems, search(problems, ctx, budget, plain=True), strict=True):
+        vote = majority_vote(list(o.answers))
+        out.append(_result(p, "mcts-plain", budget, o, vote.first_index, vote.count if vote.answer else None))
     return out
