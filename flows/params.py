@@ -77,6 +77,11 @@ class TrainingOptions(_Params):
         default=None,
         description="backbone the PPM starts from; None: the policy just trained this round (as in the paper)",
     )
+    continue_training: bool = Field(
+        default=False,
+        description="fine-tune the round's input policy instead of re-training base_model from scratch (the paper "
+        "re-trains from the base every round; continuing is cheaper when rounds are small)",
+    )
     train_policy: bool = Field(default=True, description="train a new policy this round")
     train_ppm: bool = Field(default=True, description="train a new PPM this round")
     epochs: float = Field(default=2.0, gt=0, description="policy SFT epochs (paper: 2)")

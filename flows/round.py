@@ -73,7 +73,7 @@ def is_local_model(source: str) -> bool:
 def check_setup(params: RoundParams) -> None:
     """Fail before any model time is spent when the parameters cannot work together."""
     t = params.training
-    if t.train_policy and t.base_model is None and not is_local_model(params.policy):
+    if t.train_policy and (t.base_model is None or t.continue_training) and not is_local_model(params.policy):
         raise RoundFailed(
             f"round {params.round_idx}: the policy {params.policy!r} cannot be fine-tuned here; set "
             "training.base_model (e.g. 'smollm2-135m' or 'hf:/path/to/base') or training.train_policy=false"
@@ -287,7 +287,7 @@ def evolution_round(params: RoundParams) -> RoundResult:
         t = params.training
         policy_ref = ppm_ref = None
         if t.train_policy and sft.rows:
-            base = t.base_model or params.policy
+            base = params.policy if t.continue_training else (t.base_model or params.policy)
             policy_ref = train_policy_task(sft, base, t.policy_config(), params.seed, k, parent_run_id=run_id)
         elif t.train_policy:
             logger.warning("round %d: no SFT rows (no problem solved): the policy is carried over untrained", k)

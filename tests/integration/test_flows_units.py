@@ -91,6 +91,14 @@ def test_a_round_that_cannot_train_fails_before_searching() -> None:
         RoundParams(problems="x.jsonl", policy="openai:http://h:1/v1#m", training=TrainingOptions(base_model="tiny:0"))
     )
     check_setup(RoundParams(problems="x.jsonl", policy="file:///store/rounds/1/policy/abc"))
+    with pytest.raises(RoundFailed, match="cannot be fine-tuned"):  # continuing needs a local input policy
+        check_setup(
+            RoundParams(
+                problems="x.jsonl",
+                policy="openai:http://h:1/v1#m",
+                training=TrainingOptions(base_model="tiny:0", continue_training=True),
+            )
+        )
     with pytest.raises(RoundFailed, match="backbone for the PPM"):
         check_setup(RoundParams(problems="x.jsonl", policy="fake:oracle", training=TrainingOptions(train_policy=False)))
     with pytest.raises(RoundFailed, match="PPM"):
