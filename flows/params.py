@@ -93,6 +93,9 @@ class TrainingOptions(_Params):
     )
     sft_top_k: int = Field(default=2, ge=1, description="correct trajectories kept per problem for SFT (paper: 2)")
     extra: dict[str, Any] = Field(default_factory=dict, description="further trainer config fields, passed through")
+    ppm_extra: dict[str, Any] = Field(
+        default_factory=dict, description="trainer config fields for the PPM only (e.g. max_steps), applied last"
+    )
 
     def policy_config(self) -> dict[str, Any]:
         """Fields of `rstar.train.common.TrainConfig` for the policy."""
@@ -106,6 +109,7 @@ class TrainingOptions(_Params):
         cfg: dict[str, Any] = {"num_epochs": self.ppm_epochs}
         cfg.update(_not_none(learning_rate=self.learning_rate, batch_size=self.batch_size, max_length=self.max_length))
         cfg.update(self.extra)
+        cfg.update(self.ppm_extra)
         return cfg
 
 

