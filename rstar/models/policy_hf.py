@@ -51,6 +51,7 @@ from rstar.types import Completion, SamplingSpec
 
 ATTN_IMPL = "rstar_cascade"
 SMALL_MODEL_PARAMS = 20_000_000  # below this, CPU decoding runs on one thread (see HFPolicy)
+THREADS_ENV = "RSTAR_TORCH_THREADS"  # overrides the default torch CPU thread count
 _MASK64 = (1 << 64) - 1
 
 
@@ -341,8 +342,8 @@ class HFPolicy:
         bf16 on CUDA, fp32 on CPU). max_batch_size: sequences decoded together (default 256 on CPU, 512 on CUDA; with
         the prompt KV shared a row costs little memory, and on CPU tokens/s still grows from 64 to 256 rows).
         prefill_tokens: padded query tokens per prefill forward pass. max_model_len: context length (default: the
-        model's `max_position_embeddings`). num_threads: torch CPU threads (default: the CPUs this process may use,
-        one for models under 20M parameters; torch's thread count is process-wide). prefix_cache_mb: memory for the
+        model's `max_position_embeddings`). num_threads: torch CPU threads (default: $RSTAR_TORCH_THREADS, else the
+        CPUs this process may use, one for models under 20M parameters; torch's thread count is process-wide). prefix_cache_mb: memory for the
         KV of recent prompts, reused by prompts that extend them (0 turns the prefix cache off).
         """
         import torch
@@ -363,9 +364,12 @@ class HFPolicy:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=tdtype, attn_implementation="sdpa")
         cfg = model.config
+        if num_threads is None and os.environ.get(THREADS_ENV, "").strip():
+            num_threads = int(os.environ[THREADS_ENV])
         if num_threads is None and self.device.type == "cpu":
-            # One thread per CPU this process may use; a tiny model's ops are too small to split, and on a shared
-            # machine extra threads then only wait on each other (measured 10x slower under load).
+            # One thread per CPU this process may use; a tiny model's ops are too small to split (one thread). On a
+            # machine shared with other busy processes every parallel op waits for a descheduled thread: two threads
+            # then ran up to 10x slower than one, so set RSTAR_TORCH_THREADS=1 (or num_threads=1) there.
             allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
             num_threads = 1 if small else min(torch.get_num_threads(), allowed)
