@@ -204,6 +204,21 @@ def test_prefix_cache_lookup_and_lru_budget() -> None:
     assert len(cache) == 2
 
 
+def test_thread_count_defaults_and_override(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("RSTAR_TORCH_THREADS", raising=False)
+        HFPolicy(tiny_path)
+        assert torch.get_num_threads() == 1  # a tiny model decodes on one thread
+        monkeypatch.setenv("RSTAR_TORCH_THREADS", "2")
+        HFPolicy(tiny_path)
+        assert torch.get_num_threads() == 2
+        HFPolicy(tiny_path, num_threads=1)  # the argument wins over the environment
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bad_arguments(policy: HFPolicy, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seeds"):
         policy.generate(["a", "b"], SamplingSpec(), seeds=[1])
