@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -40,7 +41,9 @@ class TrainConfig:
     lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name (paper: linear)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     seed: int = field(default=0, metadata={"help": "seed for data order, dropout and the PPM head's init"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: epochs decide)"})
+    max_steps: int = field(
+        default=-1, metadata={"help": "at most this many optimizer steps: a cap on the epochs, never a repeat (-1: none)"}
+    )
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -129,13 +132,26 @@ def pick_device(cfg: TrainConfig) -> Device:
     return Device(use_cpu=False, bf16=bf16, gradient_checkpointing=gc, name=torch.cuda.get_device_name(0))
 
 
-def training_kwargs(cfg: TrainConfig, out_dir: Path, device: Device) -> dict[str, Any]:
+def optimizer_steps(cfg: TrainConfig, n_examples: int) -> int:
+    """The number of optimizer steps a run takes: the epochs' steps, capped by `max_steps` when that is set.
+
+    transformers' own `max_steps` *replaces* the epochs (and loops over the data again when it is the larger); ours
+    is a cap, so a small round never trains on its few examples more often than `num_epochs` says.
+    """
+    if cfg.num_epochs <= 0:  # only a step count was given
+        return cfg.max_steps
+    per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
+    steps = max(1, math.ceil(per_epoch * cfg.num_epochs))
+    return min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps
+
+
+def training_kwargs(cfg: TrainConfig, out_dir: Path, device: Device, n_examples: int) -> dict[str, Any]:
     """Keyword arguments shared by SFTConfig and RewardConfig (both TrainingArguments)."""
     return {
         "output_dir": str(out_dir / "_trainer"),
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.num_epochs,
-        "max_steps": cfg.max_steps,
+        "max_steps": optimizer_steps(cfg, n_examples),
         "per_device_train_batch_size": cfg.batch_size,
         "per_device_eval_batch_size": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,

@@ -111,7 +111,7 @@ def train_policy(
     dataset = Dataset.from_dict({"prompt": prompts, "completion": completions})
 
     args = SFTConfig(
-        **(training_kwargs(cfg, out, device) | {"max_length": max_length}),
+        **(training_kwargs(cfg, out, device, len(prompts)) | {"max_length": max_length}),
         completion_only_loss=True,
         packing=False,
         eos_token=tokenizer.eos_token,

@@ -208,7 +208,7 @@ def train_ppm(
 
     trainer_cls, collator_cls = _weighted_classes()
     args = RewardConfig(
-        **(training_kwargs(cfg, out, device) | {"max_length": max_length}),
+        **(training_kwargs(cfg, out, device, len(enc.chosen_ids)) | {"max_length": max_length}),
         disable_dropout=True,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         dataset_num_proc=None,
