@@ -42,7 +42,8 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     seed: int = field(default=0, metadata={"help": "seed for data order, dropout and the PPM head's init"})
     max_steps: int = field(
-        default=-1, metadata={"help": "at most this many optimizer steps: a cap on the epochs, never a repeat (-1: none)"}
+        default=-1,
+        metadata={"help": "at most this many optimizer steps: a cap on the epochs, never a repeat (-1: none)"},
     )
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
