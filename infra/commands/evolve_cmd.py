@@ -59,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--out", type=Path, default=None, help="where the demo's problem files go (default $RSTAR_HOME/demo)"
     )
+    d.add_argument(
+        "--preset",
+        default="smollm2",
+        choices=("smollm2", "smoke"),
+        help="smollm2: SmolLM2-135M, seed SFT + one round (~10 min on 2 cores); smoke: a tiny random model and a "
+        "scripted bootstrap, to check the plumbing in a minute or two (flows.params.DEMO_PRESETS)",
+    )
     d.set_defaults(func=run, evolve_action="demo")
 
 
@@ -154,29 +161,54 @@ def evolution_params_from_args(args: argparse.Namespace) -> Any:
     return EvolutionParams.model_validate(data)
 
 
-def demo_params(out_dir: Path, rounds: int | None = None) -> Any:
-    """The demo's `EvolutionParams`: a generated problem world and the model defaults of `flows.params.DEMO`."""
-    from flows.params import DEMO, EvalOptions, EvolutionParams, TrainingOptions
+def demo_params(out_dir: Path, rounds: int | None = None, preset: str = "smollm2") -> Any:
+    """The demo's `EvolutionParams`: a generated problem world and the defaults of `flows.params.DEMO_PRESETS`."""
+    from flows.params import DEMO_PRESETS, EvalOptions, EvolutionParams, TrainingOptions
     from rstar.data.world import WorldConfig, generate_world, write_world
 
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}; choose one of {sorted(DEMO_PRESETS)}")
+    demo = DEMO_PRESETS[preset]
     world = generate_world(
-        WorldConfig(seed=DEMO.world_seed, train=DEMO.train_problems, heldout=DEMO.heldout_problems, seed_sft=4)
+        WorldConfig(
+            seed=demo.world_seed,
+            train=demo.train_problems,
+            heldout=demo.heldout_problems,
+            seed_sft=demo.seed_sft,
+            levels=demo.levels,
+            level_weights=demo.level_weights,
+        )
     )
     paths = write_world(world, out_dir / "world")
+    bootstrap = demo.bootstrap_policy
     return EvolutionParams(
-        rounds=rounds or DEMO.rounds,
+        rounds=rounds or demo.rounds,
         problems=str(paths["train"]),
-        bootstrap_policy=DEMO.bootstrap_policy.format(**{k: str(v) for k, v in paths.items()}),
-        rollouts_first_round=DEMO.rollouts,
-        rollouts=DEMO.rollouts,
-        extra_rollouts_unsolved=DEMO.rollouts,
-        candidates=DEMO.candidates,
-        search_extra=dict(DEMO.search_extra),
-        shard_size=DEMO.shard_size,
-        training=TrainingOptions(base_model=DEMO.base_model, extra=dict(DEMO.train_extra)),
-        evaluation=EvalOptions(
-            benchmarks=[f"world={paths['heldout']}"], mode=DEMO.eval_mode, extra=dict(DEMO.eval_extra)
+        bootstrap_policy=bootstrap.format(**{k: str(v) for k, v in paths.items()}) if bootstrap else None,
+        bootstrap_sft=None if bootstrap else str(paths["seed_sft"]),
+        bootstrap_epochs=demo.bootstrap_epochs,
+        bootstrap_learning_rate=demo.bootstrap_learning_rate,
+        rollouts_first_round=demo.rollouts,
+        rollouts=demo.rollouts,
+        extra_rollouts_unsolved=demo.rollouts,
+        candidates=demo.candidates,
+        search_extra=dict(demo.search_extra),
+        shard_size=demo.shard_size,
+        training=TrainingOptions(
+            base_model=demo.base_model,
+            continue_training=demo.continue_training,
+            epochs=demo.epochs,
+            learning_rate=demo.learning_rate,
+            batch_size=demo.batch_size,
+            extra=dict(demo.train_extra),
+            ppm_extra=dict(demo.ppm_extra),
         ),
+        evaluation=EvalOptions(
+            benchmarks=[f"world={paths['heldout']}"], mode=demo.eval_mode, extra=dict(demo.eval_extra)
+        ),
+        # the untouched base model cannot write the step format (SmolLM2: 0 of 40 held-out problems): the bootstrap
+        # is the "before" of a seed-SFT demo
+        evaluate_base=bootstrap is not None,
     )
 
 
@@ -195,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         settings = _prepare()
         if action == "demo":
             out = args.out or settings.home / "demo"
-            params = demo_params(out, args.rounds)
+            params = demo_params(out, args.rounds, args.preset)
         elif action == "round":
             params = round_params_from_args(args)
         else:
@@ -247,10 +279,15 @@ def _print_evolution(result: Any, settings: Any) -> None:
     for r in result.rounds:
         _print_round(r)
     print()
-    print(f"accuracy before: {_fmt_acc(result.accuracy_before)}")
-    print(f"accuracy after:  {_fmt_acc(result.accuracy_after)}")
-    print(f"final policy:    {result.policy}")
-    print(f"MLflow:          {settings.mlflow_tracking_uri} (experiment {settings.mlflow_experiment})")
+    if result.accuracy_before:
+        print(f"accuracy before:    {_fmt_acc(result.accuracy_before)}  (the model before any training)")
+    if result.accuracy_bootstrap is not None:
+        print(f"accuracy bootstrap: {_fmt_acc(result.accuracy_bootstrap)}  (seed SFT: round 1's generator)")
+        print(f"bootstrap policy:   {result.bootstrap_policy}")
+    print(f"accuracy after:     {_fmt_acc(result.accuracy_after)}  (round {result.rounds[-1].round_idx}'s policy)")
+    print(f"final policy:       {result.policy}")
+    print(f"final PPM:          {result.ppm}")
+    print(f"MLflow:             {settings.mlflow_tracking_uri} (experiment {settings.mlflow_experiment})")
     if settings.mlflow_tracking_uri.startswith("sqlite"):
-        print(f"                 mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
-    print(f"artifacts:       {settings.artifact_url}")
+        print(f"                    mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    print(f"artifacts:          {settings.artifact_url}")
