@@ -19,7 +19,7 @@ from rstar.search.driver import (
     synthesize,
 )
 from rstar.search.io import load_synthesis, synthesize_to_dir
-from rstar.search.mcts import TreeSearch, default_grader, expansion_seed, simple_equiv
+from rstar.search.mcts import TreeSearch, default_grader, expansion_seed
 from rstar.search.tree import Node, Tree
 from rstar.search.uct import select_child, uct_score
 
@@ -38,7 +38,6 @@ __all__ = [
     "run_search",
     "sampling_spec",
     "select_child",
-    "simple_equiv",
     "synthesize",
     "synthesize_to_dir",
     "uct_score",

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,32 +59,11 @@ def expansion_seed(seed: int, problem_id: str, node_id: str) -> int:
 # Grading
 
 
-def _normalise_answer(text: str) -> str:
-    t = text.strip().strip("$").strip()
-    t = re.sub(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}", r"\1", t)
-    t = t.replace("\\!", "").replace("\\,", "").replace("\\ ", "").replace(" ", "")
-    t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
-    return t.rstrip(".").lower()
-
-
-def simple_equiv(gold: str, pred: str) -> bool:
-    """A small fallback grader: normalised string equality, or numeric equality (rel. 1e-6) for plain numbers."""
-    g, p = _normalise_answer(gold), _normalise_answer(pred)
-    if g == p:
-        return True
-    try:
-        gf, pf = float(g.replace(",", "")), float(p.replace(",", ""))
-    except ValueError:
-        return False
-    return math.isclose(gf, pf, rel_tol=1e-6, abs_tol=1e-9)
-
-
 def default_grader() -> Grader:
-    """The project's grader `rstar.verify.answer.is_equiv(gold, pred)`, or `simple_equiv` where it is missing."""
-    try:
-        from rstar.verify.answer import is_equiv
-    except ImportError:
-        return simple_equiv
+    """The project's one grader, `rstar.verify.answer.is_equiv(gold, pred)` (imported on first use: sympy is slow
+    to import, and search tests with fake graders never need it)."""
+    from rstar.verify.answer import is_equiv
+
     grader: Grader = is_equiv
     return grader
 
