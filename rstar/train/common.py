@@ -146,17 +146,29 @@ def optimizer_steps(cfg: TrainConfig, n_examples: int) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps
 
 
+def warmup_steps(cfg: TrainConfig, steps: int) -> int:
+    """Warm-up steps for a run of `steps` optimizer steps: `warmup` as a ratio (< 1) or a count, at most (steps-1)//2.
+
+    The schedule's first step runs at learning rate 0 whenever there is any warm-up, so a one-step round with a 10%
+    warm-up (ceil(0.1 x 1) = 1 step) would train nothing at all and silently return its input model; the cap keeps
+    at least half of a short run at full schedule and turns warm-up off below three steps.
+    """
+    wanted = math.ceil(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
+    return max(0, min(wanted, (steps - 1) // 2))
+
+
 def training_kwargs(cfg: TrainConfig, out_dir: Path, device: Device, n_examples: int) -> dict[str, Any]:
     """Keyword arguments shared by SFTConfig and RewardConfig (both TrainingArguments)."""
+    steps = optimizer_steps(cfg, n_examples)
     return {
         "output_dir": str(out_dir / "_trainer"),
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.num_epochs,
-        "max_steps": optimizer_steps(cfg, n_examples),
+        "max_steps": steps,
         "per_device_train_batch_size": cfg.batch_size,
         "per_device_eval_batch_size": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
-        "warmup_steps": cfg.warmup,
+        "warmup_steps": warmup_steps(cfg, steps),
         "weight_decay": cfg.weight_decay,
         "lr_scheduler_type": cfg.lr_scheduler,
         "max_grad_norm": cfg.max_grad_norm,

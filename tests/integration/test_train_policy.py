@@ -148,6 +148,16 @@ def test_continue_from_an_earlier_checkpoint(trained: tuple[Any, pl.DataFrame], 
     assert result.metrics["first_loss"] < first.metrics["first_loss"]  # it starts from the trained weights
 
 
+def test_a_one_step_round_with_warmup_still_trains(base: Path, tmp_path: Path) -> None:
+    """A round with a handful of SFT rows is one optimizer step; a 10% warm-up must not make it a step at lr 0."""
+    cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1.0, warmup=0.1, weight_decay=0.0, seed=0)
+    result = train_policy(sft_rows(5), base, tmp_path / "one-step", cfg)
+    assert result.metrics["steps"] == 1
+    before, after = _state(base), _state(result.path)
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert len(changed) >= 0.9 * len(before), f"only {len(changed)}/{len(before)} tensors changed"
+
+
 def test_bad_input(base: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
         train_policy(pl.DataFrame(schema=SFT_SCHEMA), base, tmp_path / "x", TrainConfig())
