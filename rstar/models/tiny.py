@@ -7,7 +7,11 @@ CI regression run and quick demos build their models here:
     model = AutoModelForCausalLM.from_pretrained(path)         # loads like any hub model
 
 The tokenizer is trained on a small corpus of our own step format (see `rstar.verify.steps`) plus digits and math
-words, so a trajectory is a few hundred tokens, not thousands of bytes. The model is randomly initialised: it learns
+words, so a trajectory is a few hundred tokens, not thousands of bytes. `TinyModelConfig(corpus="world")` trains it
+instead on the problems and reference solutions of `rstar.data.world` (a fixed seed of its own, every level): names,
+items and the words of the reference steps become single tokens, so a level-1 trajectory is ~90 tokens instead of
+~160 (the learning regression test, `tests/integration/test_learning.py`, uses it). Numbers are split into digits,
+as Qwen2's tokenizer does (see `QWEN2_PRETOKENIZE_REGEX`). The model is randomly initialised: it learns
 whatever it is trained on, which is what the training and regression tests need. torch/transformers/tokenizers are
 imported inside the functions, as in every adapter module.
 """
@@ -17,11 +21,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from rstar.verify.steps import END_OF_ANSWER, END_OF_CODE, END_OF_STEP, build_prompt
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+Corpus = Literal["steps", "world"]
+CORPORA: tuple[str, ...] = ("steps", "world")
+WORLD_CORPUS_SEED = 7919  # the world corpus's own seed; tests draw their problems with other seeds
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,11 @@ class TinyModelConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
     seed: int = 0
+    corpus: Corpus = "steps"  # the tokenizer's training text: "steps" (generic) or "world" (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.corpus not in CORPORA:
+            raise ValueError(f"TinyModelConfig.corpus must be one of {CORPORA}, got {self.corpus!r}")
 
 
 def _corpus() -> list[str]:
@@ -61,13 +74,38 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 512):  # -> PreTrainedTokenizerFast
-    """A byte-level BPE tokenizer trained on `_corpus()`; any text round-trips through it exactly."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _world_corpus() -> list[str]:
+    """Prompts + reference solutions of `rstar.data.world` problems of every level (a seed of the corpus's own)."""
+    from rstar.data.world import WorldConfig, generate_world
+
+    world = generate_world(WorldConfig(seed=WORLD_CORPUS_SEED, train=600, heldout=0, seed_sft=0))
+    return [build_prompt(p.question) + p.reference_completion() for p in world.train]
+
+
+# Qwen2's pre-tokenization: transformers loads the tokenizer of any folder whose config says `qwen2` as a
+# `Qwen2Tokenizer`, which rebuilds the pre-tokenizer from this expression (digits one by one) and adds an NFC
+# normaliser, whatever tokenizer.json says. Training the BPE with the same rules makes the tokenizer built here and
+# the one every consumer loads back (`AutoTokenizer.from_pretrained(path)`) split text identically; with plain
+# ByteLevel rules, merges such as " 21" or " Step 1" were learned and then never used after a reload.
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def build_tokenizer(vocab_size: int = 512, corpus: Corpus = "steps"):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained on `_corpus()` (or `_world_corpus()`) with Qwen2's pre-tokenization; any
+    text round-trips through it exactly, and it splits text as the `Qwen2Tokenizer` it is reloaded as."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -75,7 +113,7 @@ def build_tokenizer(vocab_size: int = 512):  # -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_world_corpus() if corpus == "world" else _corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
@@ -100,7 +138,7 @@ def build_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None)
     if stamp.exists() and json.loads(stamp.read_text()) == asdict(cfg):
         return out
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(cfg.vocab_size)
+    tokenizer = build_tokenizer(cfg.vocab_size, cfg.corpus)
     torch.manual_seed(cfg.seed)
     model_cfg = Qwen2Config(
         vocab_size=len(tokenizer),
