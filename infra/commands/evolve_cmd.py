@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         default="smollm2",
         choices=("smollm2", "smoke"),
-        help="smollm2: SmolLM2-135M, seed SFT + one round (~10 min on 2 cores); smoke: a tiny random model and a "
+        help="smollm2: SmolLM2-135M, seed SFT + one round (~5 min on 2 idle cores); smoke: a tiny random model and a "
         "scripted bootstrap, to check the plumbing in a minute or two (flows.params.DEMO_PRESETS)",
     )
     d.set_defaults(func=run, evolve_action="demo")
