@@ -6,14 +6,13 @@ want it), then all code the new steps need runs in one `CodeExecutor.run_batch` 
     trajs = [Trajectory(fmt.prompt(p.question)) for p in problems]
     done = rollout(trajs, policy, fmt, executor, temperature=0.0, top_p=1.0, max_steps=16)
 
-Sampling seeds are derived from (run seed, problem id, sample index, depth) by `derive_seed`, never from a trajectory's
+Sampling seeds are derived from (run seed, problem id, sample index, depth) by `rstar.seeds.stable_seed`, never from a trajectory's
 position in the batch, so a problem's samples do not depend on which other problems share its batch and maj@4's
 samples are the first four of maj@16's (on backends that honour per-prompt seeds).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -23,12 +22,6 @@ from rstar.types import CodeExecutor, PolicyLM, RewardModel
 
 class EvalError(RuntimeError):
     """A mode cannot run as configured (no executor for code, no PPM for a PPM-ranked mode, a backend broke a contract)."""
-
-
-def derive_seed(base: int, *parts: object) -> int:
-    """A 31-bit seed from the run seed and any identifying parts (problem id, sample index, depth)."""
-    key = "|".join(str(p) for p in (base, *parts)).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & 0x7FFFFFFF
 
 
 def advance(

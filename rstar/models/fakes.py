@@ -42,7 +42,6 @@ Executors (Python objects only; no spec strings)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import random
@@ -53,17 +52,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from rstar.seeds import stable_seed
 from rstar.types import Completion, ExecutionResult, PolicyLM, RewardModel, SamplingSpec
 from rstar.verify.boxed import last_boxed
 from rstar.verify.steps import CODE_OPEN, END_OF_CODE, END_OF_STEP
 
 RawCompletion = str | Completion | Mapping[str, Any]
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed from any values, stable across processes (unlike `hash()`)."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & 0x7FFFFFFF
 
 
 def split_prompt(prompt: str) -> tuple[str, str]:

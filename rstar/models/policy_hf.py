@@ -55,7 +55,7 @@ THREADS_ENV = "RSTAR_TORCH_THREADS"  # overrides the default torch CPU thread co
 _MASK64 = (1 << 64) - 1
 
 
-def derive_seed(seed: int, index: int) -> int:
+def sample_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for sample `index` of a prompt seeded `seed` (splitmix64 of the pair)."""
     z = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -456,7 +456,7 @@ class HFPolicy:
             for i, ids in enumerate(token_ids):
                 unique.setdefault(ids, []).append(i)
             rows_by_prompt = {
-                i: [_Row(i, j, derive_seed(prompt_seeds[i], j)) for j in range(spec.n)] for i in range(len(prompts))
+                i: [_Row(i, j, sample_seed(prompt_seeds[i], j)) for j in range(spec.n)] for i in range(len(prompts))
             }
             groups = sorted(unique.items(), key=lambda kv: -len(kv[0]))
             self.stats.calls += 1

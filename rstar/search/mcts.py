@@ -30,7 +30,6 @@ The algorithm (docs/search.md has the reasoning and the paper / reference compar
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 from rstar.config import SearchConfig
 from rstar.search.tree import Node, Tree
 from rstar.search.uct import select_child
+from rstar.seeds import stable_seed
 from rstar.types import Completion, ExecutionResult, Problem
 from rstar.verify.steps import Step, accumulate_code, answer_from_output, new_output, parse_step, render_output_block
 
@@ -46,13 +46,12 @@ Grader = Callable[[str, str], bool]
 
 
 def expansion_seed(seed: int, problem_id: str, node_id: str) -> int:
-    """The sampling seed of one expansion: a stable function of (search seed, problem, node), 31 bits.
+    """The sampling seed of one expansion: `stable_seed(search seed, problem, node)`.
 
     Passed per prompt through `PolicyLM.generate(..., seeds=...)`, it makes a tree's samples independent of which
     other trees share its batch and of the order they are in.
     """
-    digest = hashlib.blake2b(f"{seed}\x1f{problem_id}\x1f{node_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+    return stable_seed(seed, problem_id, node_id)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

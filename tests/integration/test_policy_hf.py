@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rstar.models.policy_hf import HFPolicy, PrefixCache, _sample, derive_seed, find_stop  # noqa: E402
+from rstar.models.policy_hf import HFPolicy, PrefixCache, _sample, find_stop, sample_seed  # noqa: E402
 from rstar.models.tiny import TinyModelConfig, build_tiny_model  # noqa: E402
 from rstar.types import SamplingSpec  # noqa: E402
 from rstar.verify.steps import END_OF_CODE, END_OF_STEP, STOP_STRINGS  # noqa: E402
@@ -48,7 +48,7 @@ def reference(policy: HFPolicy, prompt: str, spec: SamplingSpec, seed: int, samp
     """The same sampling rule with no KV cache at all: a full forward pass over prompt + generated for every token."""
     tok, model = policy.tokenizer, policy.model
     ids, gen = tok(prompt).input_ids, list[int]()
-    u = torch.rand(spec.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, sample)))
+    u = torch.rand(spec.max_tokens, generator=torch.Generator().manual_seed(sample_seed(seed, sample)))
     text, stop, finish = "", None, "length"
     with torch.inference_mode():
         for t in range(spec.max_tokens):
@@ -236,8 +236,8 @@ def test_sampler_rules() -> None:
 
 
 def test_seed_derivation_and_stop_search() -> None:
-    assert derive_seed(1, 0) != derive_seed(1, 1) != derive_seed(2, 0)
-    assert derive_seed(1, 0) == derive_seed(1, 0) and 0 <= derive_seed(-5, 3) < 2**63
+    assert sample_seed(1, 0) != sample_seed(1, 1) != sample_seed(2, 0)
+    assert sample_seed(1, 0) == sample_seed(1, 0) and 0 <= sample_seed(-5, 3) < 2**63
     assert find_stop("ab<end_of_step>cd<end_of_code>", STOP_STRINGS) == (2, END_OF_STEP)
     assert find_stop("abc", STOP_STRINGS) is None
 

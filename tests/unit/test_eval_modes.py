@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from rstar.eval.config import EvalConfig
-from rstar.eval.engine import EvalError, derive_seed
+from rstar.eval.engine import EvalError
 from rstar.eval.modes import MODES, EvalContext, resolve_mode
 from rstar.eval.modes import mcts as mcts_mode
 from rstar.models.fakes import FunctionRewardModel, InProcessExecutor
+from rstar.seeds import stable_seed
 from rstar.types import Completion, Problem, SamplingSpec
 from rstar.verify.steps import END_OF_ANSWER, END_OF_CODE, END_OF_STEP, build_prompt
 
@@ -61,7 +62,7 @@ QUESTIONS = {P1.question: P1, P2.question: P2}
 
 def sample_index(problem: Problem, seed: int | None, k: int = 8) -> int:
     for j in range(k):
-        if derive_seed(0, problem.id, j, 0) == seed:
+        if stable_seed(0, problem.id, j, 0) == seed:
             return j
     raise AssertionError(f"unexpected seed {seed} for {problem.id}")
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rstar.eval.config import EvalConfig
-from rstar.eval.engine import EvalError, derive_seed, rollout
+from rstar.eval.engine import EvalError, rollout
 from rstar.eval.metrics import ProblemResult
 from rstar.eval.prompts import Trajectory, TrajectoryFormat, make_format
+from rstar.seeds import stable_seed
 from rstar.types import CodeExecutor, PolicyLM, Problem, RewardModel
 
 
@@ -64,7 +65,7 @@ def sample_trajectories(problems: Sequence[Problem], ctx: EvalContext, k: int) -
 
     def seed_of(i: int, depth: int) -> int:
         p, j = slots[i]
-        return derive_seed(c.seed, p.id, j, depth)
+        return stable_seed(c.seed, p.id, j, depth)
 
     done = rollout(
         trajs,

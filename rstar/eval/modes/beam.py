@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rstar.eval.engine import advance, derive_seed, score_texts
+from rstar.eval.engine import advance, score_texts
 from rstar.eval.metrics import ProblemResult, best_by_score
 from rstar.eval.modes.base import EvalContext, Grades, make_result
 from rstar.eval.prompts import Trajectory
+from rstar.seeds import stable_seed
 from rstar.types import Problem
 
 
@@ -42,7 +43,7 @@ def run(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list[Prob
         if not live:
             break
         parents = [(s, b, t) for s in live for b, t in enumerate(s.active)]
-        seeds = [derive_seed(c.seed, s.problem.id, "beam", depth, b) for s, b, _ in parents]
+        seeds = [stable_seed(c.seed, s.problem.id, "beam", depth, b) for s, b, _ in parents]
         grown = advance(
             [t for _, _, t in parents],
             ctx.policy,
