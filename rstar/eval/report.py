@@ -44,11 +44,13 @@ RESULTS_SCHEMA: dict[str, pl.DataType] = {
     "votes": pl.Int32(),  # support of the picked answer (maj, mcts-topk)
     "answers": pl.List(pl.Utf8()),  # every sample's answer, in sample order (null: none)
     "scores": pl.List(pl.Float64()),  # their PPM scores where scored
+    "sample_correct": pl.List(pl.Boolean()),  # each sample's grade (empty in results written before it existed)
     "grade_method": pl.Utf8(),  # how the grader decided (exact, numeric, symbolic, ...)
     "error": pl.Utf8(),  # why the problem could not be evaluated (counts as wrong)
 }
 
-TABLE_COLUMNS = ("benchmark", "mode", "n", "acc %", "pass@1 %", "pass@k %", "tokens/problem", "s/problem", "errors")
+TABLE_COLUMNS = ("benchmark", "mode", "n", "acc %", "pass@1 %", "pass@k %", "covered %", "PPM rank %", "tokens/problem",
+                 "s/problem", "errors")  # fmt: skip
 
 
 def results_frame(results: Iterable[ProblemResult]) -> pl.DataFrame:
@@ -81,6 +83,8 @@ def format_table(summaries: Sequence[CellSummary]) -> str:
             _pct(s.accuracy),
             _pct(s.pass_at_1),
             _pct(s.pass_at_k),
+            _pct(s.covered / s.problems),
+            "-" if s.ranking_accuracy is None else _pct(s.ranking_accuracy),
             f"{s.mean_tokens:.0f}",
             f"{s.mean_wall_time_s:.2f}",
             str(s.errors),

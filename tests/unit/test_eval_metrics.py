@@ -14,6 +14,7 @@ from rstar.eval.metrics import (
     majority_vote,
     mode_label,
     pass_at_k,
+    ranking_accuracy,
     summarize,
     top_k_majority,
 )
@@ -128,6 +129,30 @@ def test_summarize_cell_arithmetic() -> None:
     assert cells["greedy"].accuracy == 1.0 and cells["greedy"].pass_at_k == 1.0
     levels = breakdown(rs, "level")
     assert [(d["level"], d["problems"], d["correct"]) for d in levels] == [("1", 2, 1), ("2", 1, 0)]
+
+
+def test_covered_mixed_and_ppm_rank_say_where_an_answer_rule_could_help() -> None:
+    def scored(pid: str, answers: list[str | None], scores: list[float | None], ok: list[bool]) -> ProblemResult:
+        return _r("mcts", 8, False, len(answers), sum(ok), pid=pid, answers=tuple(answers), scores=tuple(scores),
+                  sample_correct=tuple(ok))  # fmt: skip
+
+    rs = [
+        # 2 correct x 1 wrong: 0.9 > 0.1 right, 0.1 == 0.1 a tie (half) -> 1.5 of 2
+        scored("a", ["1", "1", "2"], [0.9, 0.1, 0.1], [True, True, False]),
+        # 1 x 2: 0.2 < 0.5 wrong, 0.2 > -1 right; an unscored and an unanswered sample take no part -> 1 of 2
+        scored("b", ["1", "3", "4", "5", None], [0.2, 0.5, -1.0, None, 0.9], [True, False, False, False, False]),
+        # all correct / all wrong: covered or not, never mixed, no pairs
+        scored("c", ["1", "1"], [0.3, 0.4], [True, True]),
+        scored("d", ["7"], [0.99], [False]),
+    ]
+    (cell,) = summarize(rs)
+    assert (cell.covered, cell.mixed) == (3, 2)
+    assert cell.ranking_accuracy == pytest.approx((1.5 + 1.0) / 4)
+    # A PPM that ranks problems, not answers, is no better than chance here: pairs never cross problems.
+    assert ranking_accuracy([scored("e", ["1", "2"], [0.9, 0.9], [True, False])]) == 0.5
+    # Unscored modes and results without per-sample grades have no ranking accuracy.
+    assert ranking_accuracy([_r("maj", 4, True, 2, 1, answers=("1", "2"), sample_correct=(True, False))]) is None
+    assert ranking_accuracy([_r("mcts", 4, True, 2, 1, answers=("1", "2"), scores=(0.5, 0.1))]) is None
 
 
 def test_mode_labels() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from rstar.eval.config import EvalConfig
 from rstar.eval.engine import EvalError
+from rstar.eval.metrics import summarize
 from rstar.eval.modes import MODES, EvalContext, resolve_mode
 from rstar.eval.modes import mcts as mcts_mode
 from rstar.models.fakes import FunctionRewardModel, InProcessExecutor
@@ -172,6 +173,11 @@ def test_best_of_n_picks_the_highest_ppm_score() -> None:
     assert (r2.prediction, r2.correct) == ("0.5", True)
     assert r2.scores == (0.1, 0.3, 0.9, None)
     assert ppm.prefixes == 7
+    # every sample's grade is kept beside its answer, so the PPM's ranking can be judged after the fact
+    assert len(r1.sample_correct) == len(r1.answers) == 4 and r1.sample_correct[2] is True
+    assert r1.sample_correct.count(True) == r1.n_correct
+    (cell,) = summarize([r1])
+    assert cell.mixed == 1 and cell.ranking_accuracy is not None
 
 
 def test_best_of_n_ties_go_to_the_earlier_sample_and_need_a_ppm() -> None:

@@ -131,6 +131,7 @@ def make_result(
         correct=bool(pred_grade is not None and pred_grade.correct),
         n_samples=len(answers) if n_samples is None else n_samples,
         n_correct=sum(g.correct(a) for a in answers),
+        sample_correct=tuple(g.correct(a) for a in answers),
         tokens=tokens,
         level=problem.level,
         subject=problem.subject,
