@@ -50,7 +50,8 @@ class Budget:
     train: int = 64  # training problems searched every round
     heldout: int = 60  # held-out problems for greedy / maj@k
     heldout_mcts: int = 24  # held-out problems for the two MCTS modes (the first N of the held-out split)
-    seed_sft: int = 48  # reference solutions of the bootstrap SFT (levels 1-2)
+    seed_sft: int = 48  # reference solutions of the bootstrap SFT
+    seed_levels: str = "1,2"  # world levels the seed SFT's reference solutions come from (comma-separated)
     rounds: int = 3
     rollouts_first_round: int = 4
     rollouts: int = 4
@@ -100,7 +101,8 @@ QUICK = Budget(
 def _world(out: Path, b: Budget) -> dict[str, Path]:
     from rstar.data.world import WorldConfig, generate_world, write_world
 
-    cfg = WorldConfig(seed=0, train=b.train, heldout=b.heldout, seed_sft=b.seed_sft)
+    levels = tuple(int(x) for x in b.seed_levels.split(",") if x.strip())
+    cfg = WorldConfig(seed=0, train=b.train, heldout=b.heldout, seed_sft=b.seed_sft, seed_levels=levels)
     return write_world(generate_world(cfg), out / "world")
 
 
