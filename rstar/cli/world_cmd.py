@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout", type=int, default=200, help="held-out problems (default 200)")
     p.add_argument("--seed-sft", type=int, default=48, help="reference solutions for the bootstrap SFT (default 48)")
     p.add_argument("--levels", default="1,2,3,4,5", help="comma-separated difficulty levels to draw (default 1-5)")
+    p.add_argument(
+        "--seed-levels",
+        default="1,2",
+        help="levels of the seed SFT's reference solutions (default 1,2: the bootstrap sees the format on easy "
+        "problems only; include harder levels for a bootstrap that can solve them, BENCHMARKS.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -25,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+        seed_levels = tuple(int(x) for x in args.seed_levels.split(",") if x.strip())
         base = WorldConfig()
         weights = tuple(w for lv, w in zip(base.levels, base.level_weights, strict=True) if lv in levels)
         cfg = WorldConfig(
@@ -34,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             seed_sft=args.seed_sft,
             levels=levels,
             level_weights=weights,
+            seed_levels=seed_levels,
         )
     except ValueError as exc:
         print(f"rstar world: {exc}")

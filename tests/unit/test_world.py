@@ -105,3 +105,20 @@ def test_cli_writes_world(tmp_path: Path) -> None:
     assert "train.jsonl" in out.stdout
     levels = {json.loads(line)["level"] for line in (tmp_path / "train.jsonl").read_text().splitlines()}
     assert levels <= {"1", "2"}
+
+
+def test_cli_seed_levels_choose_the_bootstraps_reference_solutions(tmp_path: Path) -> None:
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rstar.cli", "world", "--out", str(out), "--train", "10", "--heldout", "8",
+             "--seed-sft", "12", *extra],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    assert run(tmp_path / "a", "--seed-levels", "4,5").returncode == 0
+    levels = {json.loads(line)["level"] for line in (tmp_path / "a" / "seed.jsonl").read_text().splitlines()}
+    assert levels == {"4", "5"}
+    assert run(tmp_path / "b").returncode == 0  # default 1,2; the held-out split does not depend on the seed levels
+    assert (tmp_path / "a" / "heldout.jsonl").read_text() == (tmp_path / "b" / "heldout.jsonl").read_text()
+    bad = run(tmp_path / "c", "--seed-levels", "9")
+    assert bad.returncode == 2 and "levels must be within" in bad.stdout
