@@ -6,8 +6,8 @@ want it), then all code the new steps need runs in one `CodeExecutor.run_batch` 
     trajs = [Trajectory(fmt.prompt(p.question)) for p in problems]
     done = rollout(trajs, policy, fmt, executor, temperature=0.0, top_p=1.0, max_steps=16)
 
-Sampling seeds are derived from (run seed, problem id, sample index, depth) by `rstar.seeds.stable_seed`, never from a trajectory's
-position in the batch, so a problem's samples do not depend on which other problems share its batch and maj@4's
+Sampling seeds are derived from (run seed, problem id, sample index, depth) by `rstar.seeds.stable_seed`, never from
+a trajectory's position in the batch, so a problem's samples do not depend on which other problems share its batch and maj@4's
 samples are the first four of maj@16's (on backends that honour per-prompt seeds).
 """
 

@@ -295,6 +295,9 @@ def test_mcts_plain_votes_over_every_answer_and_never_consults_the_ppm() -> None
     (plain,) = MODES["mcts-plain"]([P1], ctx, 4)
     assert (plain.prediction, plain.correct, plain.votes) == ("5", True, 2)
     assert (plain.n_samples, plain.n_correct) == (4, 2)
+    # no PPM judged these answers: no scores, so no "PPM rank" for the baseline in the reports
+    assert plain.scores == (None, None, None, None) and plain.score is None
+    assert summarize([plain])[0].ranking_accuracy is None
 
 
 def test_mcts_plain_search_scores_nothing_with_the_ppm() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rstar.eval.engine import EvalError
 from rstar.eval.metrics import ProblemResult, best_by_score, majority_vote, top_k_majority
@@ -126,8 +126,6 @@ def _result(p: Problem, mode: str, budget: int, o: TreeOutcome, pick: int | None
         votes=votes,
         extra={"rollouts": o.rollouts, "nodes": o.nodes},
     )
-    from dataclasses import replace
-
     return replace(r, wall_time_s=o.wall_time_s, error=o.error)
 
 
@@ -156,5 +154,6 @@ def run_plain(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> lis
     out = []
     for p, o in zip(problems, search(problems, ctx, budget, plain=True), strict=True):
         vote = majority_vote(list(o.answers))
-        out.append(_result(p, "mcts-plain", budget, o, vote.first_index, vote.count if vote.answer else None))
+        unscored = replace(o, scores=tuple(None for _ in o.answers))  # its zeros are no PPM's judgement
+        out.append(_result(p, "mcts-plain", budget, unscored, vote.first_index, vote.count if vote.answer else None))
     return out
