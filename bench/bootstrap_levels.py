@@ -1,6 +1,6 @@
 """Which problems can the bootstrap solve at all? Per-level coverage of seed-SFT bootstraps on the world's held-out split.
 
-    .venv/bin/python bench/bootstrap_levels.py --json bench/results/bootstrap-levels.json     # ~7 min on 2 cores
+    .venv/bin/python bench/bootstrap_levels.py --json bench/results/bootstrap-levels.json     # ~4 min per variant of 48
     .venv/bin/python bench/bootstrap_levels.py --variant 1,2:48 --variant 1,2,3,4,5:96        # other seed splits
 
 Self-evolution only amplifies what its round-1 generator can already do: a problem enters the SFT data and the
