@@ -247,16 +247,13 @@ def ranking_accuracy(rs: Iterable[ProblemResult]) -> float | None:
     for r in rs:
         if len(r.sample_correct) != len(r.answers) or len(r.scores) != len(r.answers):
             continue
-        good = [
-            s
+        scored = [
+            (s, ok)
             for a, s, ok in zip(r.answers, r.scores, r.sample_correct, strict=True)
-            if a is not None and s is not None and ok
+            if a is not None and s is not None
         ]
-        bad = [
-            s
-            for a, s, ok in zip(r.answers, r.scores, r.sample_correct, strict=True)
-            if a is not None and s is not None and not ok
-        ]
+        good = [s for s, ok in scored if ok]
+        bad = [s for s, ok in scored if not ok]
         for g in good:
             for b in bad:
                 pairs += 1
