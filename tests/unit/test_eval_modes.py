@@ -291,13 +291,10 @@ def test_mcts_plain_votes_over_every_answer_and_never_consults_the_ppm() -> None
     ctx = ctx_for(one_step_policy(), scripted_ppm({}))
     # The plain search has its own cache slot: a PPM-guided tree of the same budget is not reused for it.
     ctx.cache[("mcts", 4, ("p1",))] = [_outcome(["1", "1", "1"], [0.9, 0.9, 0.9])]
-    ctx.cache[("mcts-plain", 4, ("p1",))] = [_outcome(["5", "1", "5", "7"], [0.0, 0.0, 0.0, 0.0])]
+    ctx.cache[("mcts-plain", 4, ("p1",))] = [_outcome(["5", "1", "5", "7"], [None, None, None, None])]
     (plain,) = MODES["mcts-plain"]([P1], ctx, 4)
     assert (plain.prediction, plain.correct, plain.votes) == ("5", True, 2)
     assert (plain.n_samples, plain.n_correct) == (4, 2)
-    # no PPM judged these answers: no scores, so no "PPM rank" for the baseline in the reports
-    assert plain.scores == (None, None, None, None) and plain.score is None
-    assert summarize([plain])[0].ranking_accuracy is None
 
 
 def test_mcts_plain_search_scores_nothing_with_the_ppm() -> None:
@@ -321,6 +318,9 @@ def test_mcts_plain_search_scores_nothing_with_the_ppm() -> None:
     assert not asked
     assert sorted(a or "" for a in plain.answers) == ["1", "2", "2"]
     assert (plain.prediction, plain.correct, plain.votes) == ("2", True, 2)
+    # no PPM judged these answers: the search records no scores, so the reports show no "PPM rank" for the baseline
+    assert plain.scores == (None, None, None) and plain.score is None
+    assert summarize([plain])[0].ranking_accuracy is None
 
 
 class ChatTokenizer:

@@ -29,7 +29,7 @@ from rstar.types import Problem
 
 @dataclass(frozen=True)
 class TreeOutcome:
-    """What an answer rule needs from one problem's search: answer terminals in creation order, with PPM scores."""
+    """What an answer rule needs from one problem's search: answer terminals in creation order, with PPM scores (None for plain MCTS)."""
 
     answers: tuple[str | None, ...]
     scores: tuple[float | None, ...]
@@ -74,7 +74,8 @@ class _NoPPM:
 def search(problems: Sequence[Problem], ctx: EvalContext, budget: int, *, plain: bool = False) -> list[TreeOutcome]:
     """Run (or reuse from `ctx.cache`) the eval-mode MCTS over `problems`; one outcome per problem, in order.
 
-    `plain=True` searches without the PPM (all scores 0), the baseline of "PPM-guided MCTS vs plain MCTS".
+    `plain=True` searches without the PPM (all scores 0), the baseline of "PPM-guided MCTS vs plain MCTS"; its
+    outcomes carry no scores (None), since those zeros are no PPM's judgement and would read as a chance ranking.
     """
     key = ("mcts-plain" if plain else "mcts", budget, tuple(p.id for p in problems))
     if key in ctx.cache:
@@ -100,7 +101,7 @@ def search(problems: Sequence[Problem], ctx: EvalContext, budget: int, *, plain:
         outcomes.append(
             TreeOutcome(
                 answers=tuple(n.answer for n in terms),
-                scores=tuple(n.ppm_score if n.ppm_score is not None else n.reward for n in terms),
+                scores=tuple(None if plain else (n.ppm_score if n.ppm_score is not None else n.reward) for n in terms),
                 tokens=int(r.problem_row["tokens_generated"]),
                 wall_time_s=share,
                 rollouts=int(r.problem_row["rollouts"]),
@@ -154,6 +155,5 @@ def run_plain(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> lis
     out = []
     for p, o in zip(problems, search(problems, ctx, budget, plain=True), strict=True):
         vote = majority_vote(list(o.answers))
-        unscored = replace(o, scores=tuple(None for _ in o.answers))  # its zeros are no PPM's judgement
-        out.append(_result(p, "mcts-plain", budget, unscored, vote.first_index, vote.count if vote.answer else None))
+        out.append(_result(p, "mcts-plain", budget, o, vote.first_index, vote.count if vote.answer else None))
     return out
