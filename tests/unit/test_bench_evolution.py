@@ -1,0 +1,83 @@
+"""bench/evolution.py's acceptance arithmetic: per-seed gains against the seed spread, and merging per-seed files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_evolution", ROOT / "bench" / "evolution.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ev = _bench()
+B = ev.Budget(rounds=2, mcts_budget=3)
+
+
+def _run(seed: int, boot: float, r1: float, r2: float, ppm: float, plain: float, base: bool = True) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = [{"stage": "base", "greedy": 0.0}] if base else []
+    rows += [
+        {"stage": "bootstrap", "greedy": boot, "mcts-plain@3": plain},
+        {"stage": "round 1", "greedy": r1, "mcts@3": ppm, "mcts-plain@3": plain},
+        {"stage": "round 2", "greedy": r2, "mcts@3": ppm, "mcts-plain@3": plain, "mcts-plain@3_ppm_rank": 50.0},
+    ]
+    return {"seed": seed, "rows": rows}
+
+
+def test_a_gain_is_shown_only_when_every_seed_beats_the_spread() -> None:
+    s = ev.summary([_run(0, 50.0, 55.0, 62.0, 60.0, 50.0), _run(1, 52.0, 52.0, 60.0, 58.0, 57.0)], B)
+    vs_boot = s["greedy_round2_vs_bootstrap"]
+    assert vs_boot == {"gains": [12.0, 8.0], "spread": 2.0, "shown": True}
+    assert s["greedy_round1_vs_bootstrap"] == {"gains": [5.0, 0.0], "spread": 3.0, "shown": False}
+    assert s["greedy_round2_vs_base"]["shown"] is True
+    # PPM vs plain: seed 1 gains only 1 point, less than the 2-point spread of PPM-guided accuracy
+    assert s["ppm_vs_plain_round2"] == {"gains": [10.0, 1.0], "spread": 2.0, "shown": False}
+    assert s["seed_spread_greedy"] == {"base": 0.0, "bootstrap": 2.0, "round 1": 3.0, "round 2": 2.0}
+
+
+def test_one_seed_has_no_spread_and_shows_nothing() -> None:
+    s = ev.summary([_run(0, 50.0, 70.0, 80.0, 90.0, 10.0)], B)
+    assert s["greedy_round2_vs_bootstrap"] == {"gains": [30.0], "spread": None, "shown": False}
+    assert "seed_spread_greedy" not in s
+
+
+def _write(path: Path, runs: list[dict[str, Any]], **budget: Any) -> Path:
+    from dataclasses import asdict, replace
+
+    path.write_text(json.dumps({"budget": asdict(replace(B, **budget)), "runs": runs, "wall_s": 60.0}))
+    return path
+
+
+def test_merge_shares_the_base_row_and_drops_the_plain_ppm_rank(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.json", [_run(0, 50.0, 55.0, 62.0, 60.0, 50.0)])
+    b = _write(tmp_path / "b.json", [_run(1, 52.0, 52.0, 60.0, 58.0, 57.0, base=False)], eval_base=False)
+    merged = ev.merge([a, b])
+    assert merged["seeds"] == [0, 1] and merged["wall_s"] == 120.0
+    seed1 = merged["runs"][1]["rows"]
+    assert seed1[0] == {"stage": "base", "greedy": 0.0}  # the untouched model does not depend on the run seed
+    assert not any(k.endswith("_ppm_rank") for run in merged["runs"] for row in run["rows"] for k in row)
+    assert merged["summary"]["greedy_round2_vs_base"] == {"gains": [62.0, 60.0], "spread": 2.0, "shown": True}
+    out = tmp_path / "both.json"
+    assert ev.report(merged, B, out, None, tmp_path) == 0
+    assert json.loads(out.read_text())["seeds"] == [0, 1] and out.with_suffix(".png").stat().st_size > 0
+
+
+def test_merge_refuses_different_budgets_and_repeated_seeds(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.json", [_run(0, 50.0, 55.0, 62.0, 60.0, 50.0)])
+    b = _write(tmp_path / "b.json", [_run(1, 50.0, 55.0, 62.0, 60.0, 50.0)], lr=1e-3)
+    with pytest.raises(SystemExit, match=r"different budget.*lr"):
+        ev.merge([a, b])
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[0\] more than once"):
+        ev.merge([a, a])
