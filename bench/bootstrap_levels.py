@@ -7,8 +7,9 @@ Self-evolution only amplifies what its round-1 generator can already do: a probl
 preference pairs only once some trajectory reaches its answer. The evolution benchmark (BENCHMARKS.md) found that
 neither the policy nor the PPM improved on world levels 3-5 because no tree ever held a correct answer there; this
 script measures that cause directly. Each `--variant LEVELS:N` fine-tunes SmolLM2-135M-Instruct on N reference
-solutions drawn from those world levels (the CPU stand-in for the paper's large bootstrap model, the same recipe as
-round 0 of `bench/evolution.py`: 2 epochs at 3e-4, batch 8) and evaluates it on the held-out split (world seed 0, the
+solutions drawn from those world levels (the CPU stand-in for the paper's large bootstrap model; by default round 0 of
+`bench/evolution.py --quick` and of its mid-size run: 2 epochs at 3e-4, batch 8; its default budget's is
+`--epochs 3 --lr 1e-4`) and evaluates it on the held-out split (world seed 0, the
 same problems for every variant): greedy and maj@k, with per level the problems solved and the problems *covered*
 (some of the k samples correct: what a round could ever train on). Prints the table; `--json` writes it.
 """
@@ -65,7 +66,9 @@ def run_variant(v: Variant, args: argparse.Namespace) -> dict[str, Any]:
     paths = write_world(world, out / "world")
     rows = [json.loads(line) for line in paths["seed_sft"].read_text().splitlines()]
     t0 = time.perf_counter()
-    cfg = TrainConfig(learning_rate=3e-4, num_epochs=2.0, batch_size=8, max_length=512, warmup=0.1, weight_decay=0.0)
+    cfg = TrainConfig(
+        learning_rate=args.lr, num_epochs=args.epochs, batch_size=8, max_length=512, warmup=0.1, weight_decay=0.0
+    )
     train_policy(pl.DataFrame(rows), resolve_local_model("smollm2-135m"), out / "policy", cfg)
     train_s = time.perf_counter() - t0
     held, _ = load_problems(paths["heldout"])
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", type=int, default=64, help="held-out problems (the first N of the world's split)")
     ap.add_argument("--train", type=int, default=48, help="train split size (only to draw the same splits)")
     ap.add_argument("--k", type=int, default=4, help="samples for maj@k and coverage")
+    ap.add_argument("--epochs", type=float, default=2.0, help="seed SFT epochs (evolution's default budget: 3)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="seed SFT learning rate (evolution's default budget: 1e-4)")
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "bootstrap-levels")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "heldout": args.heldout,
             "k": args.k,
+            "seed_sft_recipe": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 8},
             "wall_s": wall,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         }
