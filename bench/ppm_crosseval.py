@@ -1,0 +1,135 @@
+"""Does a round's PPM beat a majority vote on a round's trees? PPM-guided vs plain MCTS for every (policy, PPM) pair.
+
+    .venv/bin/python bench/ppm_crosseval.py --run .rstar/bench/evolution/seed-1 --world .rstar/bench/evolution/world \
+        --seed 1 --json bench/results/ppm-crosseval-seed1.json          # ~4 min per PPM-guided cell of 60 problems
+
+Reads the models that `bench/evolution.py` left in a run folder (`<run>/artifacts/rounds/<k>/{policy,ppm}/<digest>`)
+and, for each policy round given, runs the test-time search with each PPM round given (`mcts`, the paper's rule: the
+highest-PPM answer) and without a PPM (`mcts-plain`: majority vote), with the evolution benchmark's search settings
+(candidates 4, depth 6, 64 tokens per step, temperature 1) and the run's seed, on the world's held-out split. Besides
+accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how often the chosen answer
+and how often the tree's most frequent answer is right, and the PPM's within-tree pairwise ranking accuracy: what
+separates a PPM that helps from one that only reorders. Prints the table; `--json` writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def model_spec(run: Path, round_idx: int, kind: str) -> str:
+    """`hf:<folder>` of the model a run stored for a round (`kind`: policy or ppm)."""
+    folder = run / "artifacts" / "rounds" / str(round_idx) / kind
+    found = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if len(found) != 1:
+        raise SystemExit(f"expected one {kind} under {folder}, found {len(found)}")
+    sub = found[0] / "model"
+    return f"hf:{sub if sub.is_dir() else found[0]}"
+
+
+def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Over trees with a correct and a wrong answer: how often the chosen and the most frequent answer are right."""
+    mixed = chosen = frequent = 0
+    for r in rows:
+        grades = list(r["sample_correct"] or [])
+        if not (any(grades) and not all(grades)):
+            continue
+        mixed += 1
+        chosen += int(bool(r["correct"]))
+        counts = collections.Counter(a for a in r["answers"] if a is not None)
+        if counts:
+            top = counts.most_common(1)[0][0]  # ties: first seen, as the majority vote
+            frequent += int(bool(grades[list(r["answers"]).index(top)]))
+    return {"mixed": mixed, "chosen_right": chosen, "most_frequent_right": frequent}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a seed folder of bench/evolution.py (<out>/seed-N)")
+    ap.add_argument("--world", type=Path, required=True, help="the world folder of that run (<out>/world)")
+    ap.add_argument("--seed", type=int, required=True, help="the run's seed (the search's sampling seed)")
+    ap.add_argument("--policies", type=int, nargs="+", default=[2, 3], help="policy rounds")
+    ap.add_argument("--ppms", type=int, nargs="+", default=[2, 3], help="PPM rounds (plain MCTS is always run)")
+    ap.add_argument("--heldout", type=int, default=60, help="the first N held-out problems")
+    ap.add_argument("--budget", type=int, default=3, help="rollouts per problem")
+    ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "ppm-crosseval")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    os.environ["RSTAR_HOME"] = str(args.run)
+    os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
+    from rstar.data.problems import load_problems
+    from rstar.eval.config import EvalConfig
+    from rstar.eval.runner import evaluate
+    from rstar.models.registry import load_policy, load_reward_model
+    from tasks.common import shared_executor
+
+    held, _ = load_problems(args.world / "heldout.jsonl")
+    held = held[: args.heldout]
+    cfg = EvalConfig(format="code", seed=args.seed, max_steps=6, max_step_tokens=64, mcts_candidates=4, temperature=1.0)
+    cells: list[dict[str, Any]] = []
+    for pol in args.policies:
+        policy = load_policy(model_spec(args.run, pol, "policy"))
+        for ppm in [*args.ppms, None]:
+            t0 = time.perf_counter()
+            mode = "mcts" if ppm is not None else "mcts-plain"
+            rep = evaluate(
+                policy,
+                {"heldout": held},
+                modes=(mode,),
+                budgets=(args.budget,),
+                out_dir=args.out / f"policy{pol}-ppm{ppm}",
+                reward_model=load_reward_model(model_spec(args.run, ppm, "ppm")) if ppm is not None else None,
+                executor=shared_executor(),
+                config=cfg,
+                plot=False,
+            )
+            (summary,) = rep.summaries
+            rows: list[dict[str, Any]] = [
+                {"answers": r.answers, "sample_correct": r.sample_correct, "correct": r.correct} for r in rep.results
+            ]
+            cell = {
+                "policy_round": pol,
+                "ppm_round": ppm,
+                "accuracy": round(100 * rep.accuracy("heldout", mode, args.budget), 1),
+                "covered": summary.covered,
+                "answers_per_tree": round(sum(len(r["answers"]) for r in rows) / max(1, len(rows)), 2),
+                "ranking_accuracy": summary.ranking_accuracy,
+                **mixed_tree_stats(rows),
+                "correct": [bool(r.correct) for r in rep.results],
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+            cells.append(cell)
+            print({k: v for k, v in cell.items() if k != "correct"}, flush=True)
+
+    head = "| policy | answer rule | accuracy % | covered | answers per tree | mixed trees | chosen right | most frequent right | PPM ranking |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        rule = f"highest score, PPM round {c['ppm_round']}" if c["ppm_round"] is not None else "majority (plain)"
+        rank = "" if c["ranking_accuracy"] is None else f"{c['ranking_accuracy']:.2f}"
+        lines.append(
+            f"| round {c['policy_round']} | {rule} | {c['accuracy']:.1f} | {c['covered']} of {len(held)} | "
+            f"{c['answers_per_tree']} | {c['mixed']} | {c['chosen_right']} | {c['most_frequent_right']} | {rank} |"
+        )
+    print("\n".join(lines))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"run": str(args.run), "seed": args.seed, "heldout": len(held), "budget": args.budget, "cells": cells}
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
