@@ -10,12 +10,15 @@ highest-PPM answer) and without a PPM (`mcts-plain`: majority vote), with the ev
 accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how often the chosen answer
 and how often the tree's most frequent answer is right, and the PPM's within-tree pairwise ranking accuracy: what
 separates a PPM that helps from one that only reorders. Prints the table; `--json` writes it.
+
+`--train-ppm ROUNDS` adds one more PPM: trained like the flow's (the first policy round's model as backbone, the
+run's PPM settings) on the preference pairs of the given rounds together, one epoch over all of them, to see whether
+more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make a PPM that beats the vote.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -41,6 +44,8 @@ def model_spec(run: Path, round_idx: int, kind: str) -> str:
 
 def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
     """Over trees with a correct and a wrong answer: how often the chosen and the most frequent answer are right."""
+    from rstar.eval.metrics import majority_vote
+
     mixed = chosen = frequent = 0
     for r in rows:
         grades = list(r["sample_correct"] or [])
@@ -48,11 +53,32 @@ def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
             continue
         mixed += 1
         chosen += int(bool(r["correct"]))
-        counts = collections.Counter(a for a in r["answers"] if a is not None)
-        if counts:
-            top = counts.most_common(1)[0][0]  # ties: first seen, as the majority vote
-            frequent += int(bool(grades[list(r["answers"]).index(top)]))
+        vote = majority_vote(list(r["answers"]))  # plain MCTS's rule: equivalent answers group, ties to the first
+        frequent += int(vote.first_index is not None and bool(grades[vote.first_index]))
     return {"mixed": mixed, "chosen_right": chosen, "most_frequent_right": frequent}
+
+
+def train_pooled_ppm(
+    run: Path, rounds: list[int], policy_round: int, out: Path, seed: int
+) -> tuple[str, dict[str, Any]]:
+    """A PPM trained as the run's were, on the pairs of several rounds at once; returns its spec and metrics."""
+    import polars as pl
+
+    from rstar.train.common import TrainConfig
+    from rstar.train.ppm import train_ppm
+
+    frames = []
+    for r in rounds:
+        (pairs,) = (run / "artifacts" / "rounds" / str(r) / "pairs").glob("*/pairs.parquet")
+        frames.append(pl.read_parquet(pairs))
+    data = pl.concat(frames)
+    (manifest,) = (run / "artifacts" / "rounds" / str(max(rounds)) / "ppm").glob("*/manifest.json")
+    config = dict(json.loads(manifest.read_text())["config"]["train"])
+    config.pop("max_steps", None)  # one epoch over every pair, not the round's step cap
+    backbone = model_spec(run, policy_round, "policy").removeprefix("hf:")
+    result = train_ppm(data, Path(backbone), out, TrainConfig.for_ppm(**{**config, "seed": seed}))
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return f"hf:{out}", {"pairs": data.height, "rounds": rounds, "config": config, **metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world", type=Path, required=True, help="the world folder of that run (<out>/world)")
     ap.add_argument("--seed", type=int, required=True, help="the run's seed (the search's sampling seed)")
     ap.add_argument("--policies", type=int, nargs="+", default=[2, 3], help="policy rounds")
-    ap.add_argument("--ppms", type=int, nargs="+", default=[2, 3], help="PPM rounds (plain MCTS is always run)")
+    ap.add_argument("--ppms", type=int, nargs="*", default=[2, 3], help="PPM rounds (plain MCTS is always run)")
     ap.add_argument("--heldout", type=int, default=60, help="the first N held-out problems")
     ap.add_argument("--budget", type=int, default=3, help="rollouts per problem")
+    ap.add_argument("--train-ppm", default=None, metavar="ROUNDS", help="also train a PPM on these rounds' pairs (1,2)")
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "ppm-crosseval")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -79,10 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     held, _ = load_problems(args.world / "heldout.jsonl")
     held = held[: args.heldout]
     cfg = EvalConfig(format="code", seed=args.seed, max_steps=6, max_step_tokens=64, mcts_candidates=4, temperature=1.0)
+    ppms: dict[str | None, str | None] = {str(r): model_spec(args.run, r, "ppm") for r in args.ppms}
+    trained: dict[str, Any] = {}
+    if args.train_ppm:
+        rounds = [int(x) for x in args.train_ppm.split(",") if x.strip()]
+        name = "+".join(map(str, rounds))
+        t0 = time.perf_counter()
+        ppms[name], trained = train_pooled_ppm(args.run, rounds, args.policies[0], args.out / f"ppm-{name}", args.seed)
+        trained["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(f"PPM on the pairs of rounds {name}: {trained}", flush=True)
+    ppms[None] = None
     cells: list[dict[str, Any]] = []
     for pol in args.policies:
         policy = load_policy(model_spec(args.run, pol, "policy"))
-        for ppm in [*args.ppms, None]:
+        for ppm, ppm_spec in ppms.items():
             t0 = time.perf_counter()
             mode = "mcts" if ppm is not None else "mcts-plain"
             rep = evaluate(
@@ -91,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 modes=(mode,),
                 budgets=(args.budget,),
                 out_dir=args.out / f"policy{pol}-ppm{ppm}",
-                reward_model=load_reward_model(model_spec(args.run, ppm, "ppm")) if ppm is not None else None,
+                reward_model=load_reward_model(ppm_spec) if ppm_spec is not None else None,
                 executor=shared_executor(),
                 config=cfg,
                 plot=False,
@@ -117,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     head = "| policy | answer rule | accuracy % | covered | answers per tree | mixed trees | chosen right | most frequent right | PPM ranking |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        rule = f"highest score, PPM round {c['ppm_round']}" if c["ppm_round"] is not None else "majority (plain)"
+        rule = f"highest score, PPM of round(s) {c['ppm_round']}" if c["ppm_round"] is not None else "majority (plain)"
         rank = "" if c["ranking_accuracy"] is None else f"{c['ranking_accuracy']:.2f}"
         lines.append(
             f"| round {c['policy_round']} | {rule} | {c['accuracy']:.1f} | {c['covered']} of {len(held)} | "
@@ -126,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"run": str(args.run), "seed": args.seed, "heldout": len(held), "budget": args.budget, "cells": cells}
+        payload = {
+            "run": str(args.run),
+            "seed": args.seed,
+            "heldout": len(held),
+            "budget": args.budget,
+            "cells": cells,
+            "trained_ppm": trained,
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
 

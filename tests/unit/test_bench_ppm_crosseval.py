@@ -1,0 +1,51 @@
+"""bench/ppm_crosseval.py's mixed-tree arithmetic: which answer a rule picked vs the tree's most frequent answer."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_ppm_crosseval", ROOT / "bench" / "ppm_crosseval.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+xe = _bench()
+
+
+def test_mixed_tree_stats_counts_only_trees_with_a_correct_and_a_wrong_answer() -> None:
+    rows = [
+        # mixed; the PPM picked the lone correct answer, the most frequent ("4" = "4.0", twice) is wrong
+        {"answers": ["4", "5", "4.0"], "sample_correct": [False, True, False], "correct": True},
+        # mixed; the rule picked wrong, the most frequent ("7") is right; None answers are not votes
+        {"answers": [None, "7", "7", "3"], "sample_correct": [False, True, True, False], "correct": False},
+        # all right / all wrong / empty: not mixed
+        {"answers": ["1", "1"], "sample_correct": [True, True], "correct": True},
+        {"answers": ["2"], "sample_correct": [False], "correct": False},
+        {"answers": [], "sample_correct": [], "correct": False},
+    ]
+    assert xe.mixed_tree_stats(rows) == {"mixed": 2, "chosen_right": 1, "most_frequent_right": 1}
+
+
+def test_a_tie_goes_to_the_answer_seen_first_as_in_the_majority_vote() -> None:
+    rows = [{"answers": ["9", "8"], "sample_correct": [False, True], "correct": True}]
+    assert xe.mixed_tree_stats(rows) == {"mixed": 1, "chosen_right": 1, "most_frequent_right": 0}
+
+
+def test_model_spec_wants_exactly_one_model_per_round(tmp_path: Path) -> None:
+    model = tmp_path / "artifacts" / "rounds" / "2" / "ppm" / "abc" / "model"
+    model.mkdir(parents=True)
+    assert xe.model_spec(tmp_path, 2, "ppm") == f"hf:{model}"
+    with pytest.raises(SystemExit, match="expected one policy"):
+        xe.model_spec(tmp_path, 2, "policy")
