@@ -294,20 +294,27 @@ def plot(runs: list[dict[str, Any]], b: Budget, path: Path) -> None:
                (f"mcts@{b.mcts_budget}", f"PPM-guided MCTS@{b.mcts_budget}"),
                (f"mcts-plain@{b.mcts_budget}", f"plain MCTS@{b.mcts_budget}"), ("coverage", "train coverage")]  # fmt: skip
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    styles = ["-", "--", ":", "-."]
+    styles: list[Any] = ["-", "--", ":", "-."]
     for i, run in enumerate(runs):
         stages = [r["stage"] for r in run["rows"]]
-        for j, (key, label) in enumerate(metrics):
+        for j, (key, _label) in enumerate(metrics):
             ys = [r.get(key) for r in run["rows"]]
             xs = [x for x, y in zip(stages, ys, strict=True) if y is not None]
             ys = [y for y in ys if y is not None]
             if ys:
-                ax.plot(xs, ys, styles[i % len(styles)], marker="o", color=f"C{j}",
-                        label=f"{label} (seed {run['seed']})")  # fmt: skip
+                ax.plot(xs, ys, styles[i % len(styles)], marker="o", color=f"C{j}")
     ax.set_ylabel("% of problems")
     ax.set_title("Self-evolution of SmolLM2-135M on CPU (held-out accuracy, train coverage)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    # one legend entry per metric (colour) and one per seed (line style), not one per line
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=f"C{j}", marker="o", label=label) for j, (_, label) in enumerate(metrics)]
+    handles += [
+        Line2D([], [], color="black", linestyle=styles[i % len(styles)], label=f"seed {run['seed']}")
+        for i, run in enumerate(runs)
+    ]
+    ax.legend(handles=handles, fontsize=7, ncol=2, handlelength=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
