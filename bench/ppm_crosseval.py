@@ -3,8 +3,8 @@
     .venv/bin/python bench/ppm_crosseval.py --run .rstar/bench/evolution/seed-1 --world .rstar/bench/evolution/world \
         --seed 1 --json bench/results/ppm-crosseval-seed1.json          # ~4 min per PPM-guided cell of 60 problems
 
-Reads the models that `bench/evolution.py` left in a run folder (`<run>/artifacts/rounds/<k>/{policy,ppm}/<digest>`)
-and, for each policy round given, runs the test-time search with each PPM round given (`mcts`, the paper's rule: the
+Reads the models that `bench/evolution.py` left in a run folder's artifact store (`--run` is used as `RSTAR_HOME`;
+keys `rounds/<k>/{policy,ppm}/<digest>`) and, for each policy round given, runs the test-time search with each PPM round given (`mcts`, the paper's rule: the
 highest-PPM answer) and without a PPM (`mcts-plain`: majority vote), with the evolution benchmark's search settings
 (candidates 4, depth 6, 64 tokens per step, temperature 1) and the run's seed, on the world's held-out split. Besides
 accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how often the chosen answer
@@ -32,14 +32,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def model_spec(run: Path, round_idx: int, kind: str) -> str:
-    """`hf:<folder>` of the model a run stored for a round (`kind`: policy or ppm)."""
-    folder = run / "artifacts" / "rounds" / str(round_idx) / kind
-    found = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if len(found) != 1:
-        raise SystemExit(f"expected one {kind} under {folder}, found {len(found)}")
-    sub = found[0] / "model"
-    return f"hf:{sub if sub.is_dir() else found[0]}"
+def round_artifact(round_idx: int, kind: str) -> str:
+    """The key of the one artifact of `kind` (policy, ppm, pairs) a round left in the run's store (`RSTAR_HOME`)."""
+    from infra.storage import open_store
+
+    keys = open_store().list_artifacts(f"rounds/{round_idx}/{kind}/")
+    if len(keys) != 1:
+        raise SystemExit(f"expected one {kind} artifact of round {round_idx} in the run's store, found {len(keys)}")
+    return keys[0]
+
+
+def model_spec(round_idx: int, kind: str) -> str:
+    """A loadable `hf:` spec of the policy or PPM of a round (a local copy of the stored artifact)."""
+    from infra.storage import open_store
+    from tasks.common import resolve_model
+
+    spec = resolve_model(open_store().uri(round_artifact(round_idx, kind)))
+    assert spec is not None
+    return spec
 
 
 def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -58,25 +68,21 @@ def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {"mixed": mixed, "chosen_right": chosen, "most_frequent_right": frequent}
 
 
-def train_pooled_ppm(
-    run: Path, rounds: list[int], policy_round: int, out: Path, seed: int
-) -> tuple[str, dict[str, Any]]:
+def train_pooled_ppm(rounds: list[int], policy_round: int, out: Path, seed: int) -> tuple[str, dict[str, Any]]:
     """A PPM trained as the run's were, on the pairs of several rounds at once; returns its spec and metrics."""
     import polars as pl
 
+    from infra.storage import open_store
     from rstar.train.common import TrainConfig
     from rstar.train.ppm import train_ppm
+    from tasks.build_data import PAIRS_FILE
 
-    frames = []
-    for r in rounds:
-        (pairs,) = (run / "artifacts" / "rounds" / str(r) / "pairs").glob("*/pairs.parquet")
-        frames.append(pl.read_parquet(pairs))
-    data = pl.concat(frames)
-    (manifest,) = (run / "artifacts" / "rounds" / str(max(rounds)) / "ppm").glob("*/manifest.json")
-    config = dict(json.loads(manifest.read_text())["config"]["train"])
+    store = open_store()
+    data = pl.concat([pl.read_parquet(store.get_artifact(round_artifact(r, "pairs")) / PAIRS_FILE) for r in rounds])
+    config = dict(store.read_manifest(round_artifact(max(rounds), "ppm")).config["train"])
     config.pop("max_steps", None)  # one epoch over every pair, not the round's step cap
-    backbone = model_spec(run, policy_round, "policy").removeprefix("hf:")
-    result = train_ppm(data, Path(backbone), out, TrainConfig.for_ppm(**{**config, "seed": seed}))
+    backbone = Path(model_spec(policy_round, "policy").removeprefix("hf:"))
+    result = train_ppm(data, backbone, out, TrainConfig.for_ppm(**{**config, "seed": seed}))
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     return f"hf:{out}", {"pairs": data.height, "rounds": rounds, "config": config, **metrics}
 
@@ -106,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     held, _ = load_problems(args.world / "heldout.jsonl")
     held = held[: args.heldout]
     cfg = EvalConfig(format="code", seed=args.seed, max_steps=6, max_step_tokens=64, mcts_candidates=4, temperature=1.0)
-    ppms: dict[str | None, str | None] = {str(r): model_spec(args.run, r, "ppm") for r in args.ppms}
+    ppms: dict[str | None, str | None] = {str(r): model_spec(r, "ppm") for r in args.ppms}
     trained: dict[str, Any] = {}
     if args.train_ppm:
         rounds = [int(x) for x in args.train_ppm.split(",") if x.strip()]
         name = "+".join(map(str, rounds))
         t0 = time.perf_counter()
-        ppms[name], trained = train_pooled_ppm(args.run, rounds, args.policies[0], args.out / f"ppm-{name}", args.seed)
+        ppms[name], trained = train_pooled_ppm(rounds, args.policies[0], args.out / f"ppm-{name}", args.seed)
         trained["wall_s"] = round(time.perf_counter() - t0, 1)
         print(f"PPM on the pairs of rounds {name}: {trained}", flush=True)
     ppms[None] = None
     cells: list[dict[str, Any]] = []
     for pol in args.policies:
-        policy = load_policy(model_spec(args.run, pol, "policy"))
+        policy = load_policy(model_spec(pol, "policy"))
         for ppm, ppm_spec in ppms.items():
             t0 = time.perf_counter()
             mode = "mcts" if ppm is not None else "mcts-plain"

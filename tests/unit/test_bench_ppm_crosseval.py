@@ -43,9 +43,17 @@ def test_a_tie_goes_to_the_answer_seen_first_as_in_the_majority_vote() -> None:
     assert xe.mixed_tree_stats(rows) == {"mixed": 1, "chosen_right": 1, "most_frequent_right": 0}
 
 
-def test_model_spec_wants_exactly_one_model_per_round(tmp_path: Path) -> None:
-    model = tmp_path / "artifacts" / "rounds" / "2" / "ppm" / "abc" / "model"
-    model.mkdir(parents=True)
-    assert xe.model_spec(tmp_path, 2, "ppm") == f"hf:{model}"
-    with pytest.raises(SystemExit, match="expected one policy"):
-        xe.model_spec(tmp_path, 2, "policy")
+def test_a_round_must_hold_exactly_one_artifact_of_a_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    import infra.storage
+
+    class Store:
+        def list_artifacts(self, prefix: str = "") -> list[str]:
+            held = ["rounds/2/ppm/abc", "rounds/2/pairs/d1", "rounds/2/pairs/d2"]
+            return [k for k in held if k.startswith(prefix)]
+
+    monkeypatch.setattr(infra.storage, "open_store", lambda settings=None: Store())
+    assert xe.round_artifact(2, "ppm") == "rounds/2/ppm/abc"
+    with pytest.raises(SystemExit, match=r"one policy artifact of round 2 .* found 0"):
+        xe.round_artifact(2, "policy")
+    with pytest.raises(SystemExit, match=r"one pairs artifact of round 2 .* found 2"):
+        xe.round_artifact(2, "pairs")

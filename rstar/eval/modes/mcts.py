@@ -29,7 +29,10 @@ from rstar.types import Problem
 
 @dataclass(frozen=True)
 class TreeOutcome:
-    """What an answer rule needs from one problem's search: answer terminals in creation order, with PPM scores (None for plain MCTS)."""
+    """What an answer rule needs from one problem's search: answer terminals in creation order, with PPM scores.
+
+    Plain MCTS's outcomes carry None scores: no PPM judged those answers.
+    """
 
     answers: tuple[str | None, ...]
     scores: tuple[float | None, ...]
