@@ -13,7 +13,8 @@ separates a PPM that helps from one that only reorders. Prints the table; `--jso
 
 `--train-ppm ROUNDS` adds one more PPM: trained like the flow's (the first policy round's model as backbone, the
 run's PPM settings) on the preference pairs of the given rounds together, one epoch over all of them, to see whether
-more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make a PPM that beats the vote.
+more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make a PPM that beats the vote. `--ppm-spec NAME=SPEC`
+adds any other PPM, e.g. the one `bench/ppm_probe.py` trains on pairs from many more problems.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", type=int, default=60, help="the first N held-out problems")
     ap.add_argument("--budget", type=int, default=3, help="rollouts per problem")
     ap.add_argument("--train-ppm", default=None, metavar="ROUNDS", help="also train a PPM on these rounds' pairs (1,2)")
+    ap.add_argument(
+        "--ppm-spec", action="append", default=[], metavar="NAME=SPEC", help="also a PPM from elsewhere (ppm_probe.py)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "ppm-crosseval")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -121,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         ppms[name], trained = train_pooled_ppm(rounds, args.policies[0], args.out / f"ppm-{name}", args.seed)
         trained["wall_s"] = round(time.perf_counter() - t0, 1)
         print(f"PPM on the pairs of rounds {name}: {trained}", flush=True)
+    for item in args.ppm_spec:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise SystemExit(f"--ppm-spec wants NAME=SPEC, got {item!r}")
+        ppms[name] = spec
     ppms[None] = None
     cells: list[dict[str, Any]] = []
     for pol in args.policies:
