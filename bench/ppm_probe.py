@@ -39,7 +39,9 @@ def fresh_problems(world_dir: Path, n: int) -> list[Any]:
     summary = json.loads((world_dir / "world.json").read_text())
     cfg = dict(summary["config"])
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    seen = {p.question for split in ("train", "seed", "heldout") for p in load_problems(world_dir / f"{split}.jsonl")[0]}
+    seen = {
+        p.question for split in ("train", "seed", "heldout") for p in load_problems(world_dir / f"{split}.jsonl")[0]
+    }
     held = [p.question for p in load_problems(world_dir / "heldout.jsonl")[0]]
     grown = generate_world(WorldConfig(**{**cfg, "train": int(cfg["train"]) + 2 * n}))  # room for the seed's overlap
     if [p.question for p in grown.heldout] != held:
