@@ -176,19 +176,25 @@ def _round_costs(r: Any) -> dict[str, float]:
     return costs
 
 
+def eval_config(b: Budget, seed: int, fmt: str = "code") -> Any:
+    """The evaluation settings of a budget: test-time search as the rounds searched (depth, tokens, temperature)."""
+    from rstar.eval.config import EvalConfig
+
+    return EvalConfig(
+        format=fmt, seed=seed, max_steps=b.max_depth, max_step_tokens=b.max_step_tokens,
+        mcts_candidates=b.mcts_candidates, temperature=b.temperature,
+    )  # fmt: skip
+
+
 def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: list[Any], b: Budget, out: Path,
               seed: int, fmt: str = "code", modes: tuple[str, ...] | None = None) -> dict[str, Any]:  # fmt: skip
     """Accuracy (%) and tokens per problem of every mode for one (policy, PPM); times each mode."""
-    from rstar.eval.config import EvalConfig
     from rstar.eval.runner import evaluate
     from tasks.common import resolve_model, shared_executor
 
     spec = resolve_model(policy) or policy
     ppm_spec = resolve_model(ppm)
-    cfg = EvalConfig(
-        format=fmt, seed=seed, max_steps=b.max_depth, max_step_tokens=b.max_step_tokens,
-        mcts_candidates=b.mcts_candidates, temperature=b.temperature,
-    )  # fmt: skip
+    cfg = eval_config(b, seed, fmt)
     from rstar.models.registry import load_policy, load_reward_model
 
     pol = load_policy(spec)

@@ -5,8 +5,9 @@
 
 Reads the models that `bench/evolution.py` left in a run folder's artifact store (`--run` is used as `RSTAR_HOME`;
 keys `rounds/<k>/{policy,ppm}/<digest>`) and, for each policy round given, runs the test-time search with each PPM round given (`mcts`, the paper's rule: the
-highest-PPM answer) and without a PPM (`mcts-plain`: majority vote), with the evolution benchmark's search settings
-(candidates 4, depth 6, 64 tokens per step, temperature 1) and the run's seed, on the world's held-out split. Besides
+highest-PPM answer) and without a PPM (`mcts-plain`: majority vote), with the run's search settings (candidates, depth,
+tokens per step, temperature, rollouts: from the run's `bench/evolution.py` JSON given as `--budget-json`, else the
+default budget's) and the run's seed, on the world's held-out split. Besides
 accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how often the chosen answer
 and how often the tree's most frequent answer is right, and the PPM's within-tree pairwise ranking accuracy: what
 separates a PPM that helps from one that only reorders. Prints the table; `--json` writes it.
@@ -53,6 +54,15 @@ def model_spec(round_idx: int, kind: str) -> str:
     return spec
 
 
+def run_budget(path: Path | None) -> Any:
+    """The `bench/evolution.py` Budget a run was made with: from its result JSON, else the default budget."""
+    from bench.evolution import DEFAULT, Budget
+
+    if path is None:
+        return DEFAULT
+    return Budget(**json.loads(path.read_text())["budget"])
+
+
 def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
     """Over trees with a correct and a wrong answer: how often the chosen and the most frequent answer are right."""
     from rstar.eval.metrics import majority_vote
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", type=int, nargs="+", default=[2, 3], help="policy rounds")
     ap.add_argument("--ppms", type=int, nargs="*", default=[2, 3], help="PPM rounds (plain MCTS is always run)")
     ap.add_argument("--heldout", type=int, default=60, help="the first N held-out problems")
-    ap.add_argument("--budget", type=int, default=3, help="rollouts per problem")
+    ap.add_argument("--budget-json", type=Path, default=None, help="the run's bench/evolution.py JSON (its settings)")
+    ap.add_argument("--budget", type=int, default=None, help="rollouts per problem (default: the run's mcts_budget)")
     ap.add_argument("--train-ppm", default=None, metavar="ROUNDS", help="also train a PPM on these rounds' pairs (1,2)")
     ap.add_argument(
         "--ppm-spec", action="append", default=[], metavar="NAME=SPEC", help="also a PPM from elsewhere (ppm_probe.py)"
@@ -108,14 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RSTAR_HOME"] = str(args.run)
     os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
     from rstar.data.problems import load_problems
-    from rstar.eval.config import EvalConfig
     from rstar.eval.runner import evaluate
     from rstar.models.registry import load_policy, load_reward_model
     from tasks.common import shared_executor
 
     held, _ = load_problems(args.world / "heldout.jsonl")
     held = held[: args.heldout]
-    cfg = EvalConfig(format="code", seed=args.seed, max_steps=6, max_step_tokens=64, mcts_candidates=4, temperature=1.0)
+    from bench.evolution import eval_config
+
+    b = run_budget(args.budget_json)
+    cfg = eval_config(b, args.seed)
+    if args.budget is None:
+        args.budget = b.mcts_budget
     ppms: dict[str | None, str | None] = {str(r): model_spec(r, "ppm") for r in args.ppms}
     trained: dict[str, Any] = {}
     if args.train_ppm:

@@ -7,8 +7,8 @@
 
 A round of `bench/evolution.py` searches 64 training problems with 4 rollouts; only the ~25 trees that hold both a
 correct and a wrong answer give preference pairs (117-216 per round), and the PPMs trained on them rank the policy's
-answers near chance. This probe runs one `evolution_round` (terminal-guided, as rounds 1-2; the run's search
-settings) with the given round's policy over `--problems` *new* training problems of the same world generator (the
+answers near chance. This probe runs one `evolution_round` (terminal-guided, as rounds 1-2; the run's search and PPM
+settings, from its result JSON given as `--budget-json`, else the default budget's) with the given round's policy over `--problems` *new* training problems of the same world generator (the
 run's world grown, minus every problem the run saw: its train split, its seed SFT and the held-out split, which is
 checked to be unchanged), trains only a PPM (backbone: that policy; one epoch over every pair, no step cap), and
 prints its spec for `bench/ppm_crosseval.py --ppm-spec`. It writes into its own store (`--out`), never the run's.
@@ -59,20 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, required=True, help="the run's seed")
     ap.add_argument("--policy-round", type=int, default=2, help="the round whose policy searches and is the backbone")
     ap.add_argument("--problems", type=int, default=256, help="new training problems to search")
-    ap.add_argument("--rollouts", type=int, default=4)
-    ap.add_argument("--candidates", type=int, default=4)
-    ap.add_argument("--max-depth", type=int, default=6)
-    ap.add_argument("--max-step-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--budget-json", type=Path, default=None, help="the run's bench/evolution.py JSON (its settings)")
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "ppm-probe")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
+    from bench.ppm_crosseval import model_spec, run_budget
     from infra.settings import configure_prefect_env, get_settings
     from rstar.data.problems import write_problems_jsonl
 
+    b = run_budget(args.budget_json)  # search and PPM settings as the run's rounds had them
     problems = fresh_problems(args.world, args.problems)
     args.out.mkdir(parents=True, exist_ok=True)
     problem_file = args.out / "problems.jsonl"
@@ -81,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
     os.environ["RSTAR_HOME"] = str(args.run.resolve())
     get_settings.cache_clear()
-    from bench.ppm_crosseval import model_spec
-
     policy = model_spec(args.policy_round, "policy")  # a local hf: folder inside the run's store
 
     os.environ["RSTAR_HOME"] = str((args.out / "home").resolve())
@@ -98,21 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         policy=policy,
         search=SearchOptions(
             mode="terminal",
-            rollouts=args.rollouts,
+            rollouts=b.rollouts,
             extra_rollouts_unsolved=0,
-            candidates=args.candidates,
-            max_depth=args.max_depth,
-            temperature=args.temperature,
-            extra={"max_step_tokens": args.max_step_tokens, "extra_rollouts_if_unsolved": 0},
+            candidates=b.candidates,
+            max_depth=b.max_depth,
+            temperature=b.temperature,
+            extra={"max_step_tokens": b.max_step_tokens, "extra_rollouts_if_unsolved": 0},
         ),
         shard_size=args.problems,  # one shard: one process, one model, all trees batched together
         seed=args.seed,
         training=TrainingOptions(
             train_policy=False,
             ppm_base=policy,
-            ppm_epochs=1.0,
-            learning_rate=args.lr,
-            batch_size=args.batch_size,
+            ppm_epochs=b.ppm_epochs,
+            learning_rate=b.lr,
+            batch_size=b.batch_size,
             max_length=512,
             extra={"warmup": 0.1, "weight_decay": 0.0},
         ),
@@ -131,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "policy_round": args.policy_round,
         "problems": args.problems,
-        "rollouts": args.rollouts,
+        "rollouts": b.rollouts,
         "coverage": result.coverage,
         "pairs": store.read_manifest(result.pairs).rows,
         "synthesize": [metric(u) for u in result.trees],
