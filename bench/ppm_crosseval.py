@@ -5,7 +5,8 @@
 
 Reads the models that `bench/evolution.py` left in a run folder's artifact store (`--run` is used as `RSTAR_HOME`;
 keys `rounds/<k>/{policy,ppm}/<digest>`) and, for each policy round given, runs the test-time search with each PPM round given (`mcts`, the paper's rule: the
-highest-PPM answer) and without a PPM (`mcts-plain`: majority vote), with the run's search settings (candidates, depth,
+highest-PPM answer; and `mcts-topk`, the reference implementation's: a majority vote over the top-k answers by PPM
+score, read from the same tree) and without a PPM (`mcts-plain`: majority vote), with the run's search settings (candidates, depth,
 tokens per step, temperature, rollouts: from the run's `bench/evolution.py` JSON given as `--budget-json`, else the
 default budget's) and the run's seed, on the world's held-out split. Besides
 accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how often the chosen answer
@@ -52,6 +53,13 @@ def model_spec(round_idx: int, kind: str) -> str:
     spec = resolve_model(open_store().uri(round_artifact(round_idx, kind)))
     assert spec is not None
     return spec
+
+
+RULES = {
+    "mcts": "highest score, PPM {ppm}",
+    "mcts-topk": "majority of the top-k by PPM {ppm}",
+    "mcts-plain": "majority (plain MCTS)",
+}
 
 
 def run_budget(path: Path | None) -> Any:
@@ -151,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(model_spec(pol, "policy"))
         for ppm, ppm_spec in ppms.items():
             t0 = time.perf_counter()
-            mode = "mcts" if ppm is not None else "mcts-plain"
+            modes = ("mcts", "mcts-topk") if ppm is not None else ("mcts-plain",)  # one tree, both answer rules
             rep = evaluate(
                 policy,
                 {"heldout": held},
-                modes=(mode,),
+                modes=modes,
                 budgets=(args.budget,),
                 out_dir=args.out / f"policy{pol}-ppm{ppm}",
                 reward_model=load_reward_model(ppm_spec) if ppm_spec is not None else None,
@@ -163,28 +171,32 @@ def main(argv: list[str] | None = None) -> int:
                 config=cfg,
                 plot=False,
             )
-            (summary,) = rep.summaries
-            rows: list[dict[str, Any]] = [
-                {"answers": r.answers, "sample_correct": r.sample_correct, "correct": r.correct} for r in rep.results
-            ]
-            cell = {
-                "policy_round": pol,
-                "ppm_round": ppm,
-                "accuracy": round(100 * rep.accuracy("heldout", mode, args.budget), 1),
-                "covered": summary.covered,
-                "answers_per_tree": round(sum(len(r["answers"]) for r in rows) / max(1, len(rows)), 2),
-                "ranking_accuracy": summary.ranking_accuracy,
-                **mixed_tree_stats(rows),
-                "correct": [bool(r.correct) for r in rep.results],
-                "wall_s": round(time.perf_counter() - t0, 1),
-            }
-            cells.append(cell)
-            print({k: v for k, v in cell.items() if k != "correct"}, flush=True)
+            wall = round(time.perf_counter() - t0, 1)
+            for mode in modes:
+                (summary,) = [s for s in rep.summaries if s.mode == mode]
+                results = [r for r in rep.results if r.mode == mode]
+                rows: list[dict[str, Any]] = [
+                    {"answers": r.answers, "sample_correct": r.sample_correct, "correct": r.correct} for r in results
+                ]
+                cell = {
+                    "policy_round": pol,
+                    "ppm_round": ppm,
+                    "rule": mode,
+                    "accuracy": round(100 * rep.accuracy("heldout", mode, args.budget), 1),
+                    "covered": summary.covered,
+                    "answers_per_tree": round(sum(len(r["answers"]) for r in rows) / max(1, len(rows)), 2),
+                    "ranking_accuracy": summary.ranking_accuracy,
+                    **mixed_tree_stats(rows),
+                    "correct": [bool(r.correct) for r in results],
+                    "wall_s": wall,
+                }
+                cells.append(cell)
+                print({k: v for k, v in cell.items() if k != "correct"}, flush=True)
 
     head = "| policy | answer rule | accuracy % | covered | answers per tree | mixed trees | chosen right | most frequent right | PPM ranking |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        rule = f"highest score, PPM of round(s) {c['ppm_round']}" if c["ppm_round"] is not None else "majority (plain)"
+        rule = RULES[c["rule"]].format(ppm=c["ppm_round"])
         rank = "" if c["ranking_accuracy"] is None else f"{c['ranking_accuracy']:.2f}"
         lines.append(
             f"| round {c['policy_round']} | {rule} | {c['accuracy']:.1f} | {c['covered']} of {len(held)} | "

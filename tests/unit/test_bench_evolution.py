@@ -45,6 +45,16 @@ def test_a_gain_is_shown_only_when_every_seed_beats_the_spread() -> None:
     # PPM vs plain: seed 1 gains only 1 point, less than the 2-point spread of PPM-guided accuracy
     assert s["ppm_vs_plain_round2"] == {"gains": [10.0, 1.0], "spread": 2.0, "shown": False}
     assert s["seed_spread_greedy"] == {"base": 0.0, "bootstrap": 2.0, "round 1": 3.0, "round 2": 2.0}
+    assert "ppm_topk_vs_plain_round2" not in s  # not measured in these runs: no verdict
+
+
+def test_the_top_k_rule_is_judged_against_plain_mcts_on_its_own() -> None:
+    runs = [_run(0, 50.0, 55.0, 62.0, 60.0, 50.0), _run(1, 52.0, 52.0, 60.0, 58.0, 57.0)]
+    for run, topk in zip(runs, (58.0, 64.0), strict=True):
+        run["rows"][-1]["mcts-topk@3"] = topk
+    s = ev.summary(runs, B)
+    assert s["ppm_topk_vs_plain_round2"] == {"gains": [8.0, 7.0], "spread": 6.0, "shown": True}
+    assert s["ppm_vs_plain_round2"]["shown"] is False  # the paper's rule is judged separately
 
 
 def test_one_seed_has_no_spread_and_shows_nothing() -> None:
