@@ -87,6 +87,21 @@ def mixed_tree_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {"mixed": mixed, "chosen_right": chosen, "most_frequent_right": frequent}
 
 
+def add_paired(cells: list[dict[str, Any]]) -> None:
+    """Per PPM cell, the problems only it or only plain MCTS (same policy, same problems) got right.
+
+    The paired view of an accuracy difference: +7 problems from 10 wins and 3 losses is stronger evidence than +7
+    from 20 and 13, which the two accuracies alone cannot tell apart.
+    """
+    plain = {c["policy_round"]: c["correct"] for c in cells if c["rule"] == "mcts-plain"}
+    for c in cells:
+        base = plain.get(c["policy_round"])
+        if c["rule"] == "mcts-plain" or base is None:
+            continue
+        c["only_this_right"] = sum(a and not b for a, b in zip(c["correct"], base, strict=True))
+        c["only_plain_right"] = sum(b and not a for a, b in zip(c["correct"], base, strict=True))
+
+
 def train_pooled_ppm(rounds: list[int], policy_round: int, out: Path, seed: int) -> tuple[str, dict[str, Any]]:
     """A PPM trained as the run's were, on the pairs of several rounds at once; returns its spec and metrics."""
     import polars as pl
@@ -193,14 +208,20 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(cell)
                 print({k: v for k, v in cell.items() if k != "correct"}, flush=True)
 
-    head = "| policy | answer rule | accuracy % | covered | answers per tree | mixed trees | chosen right | most frequent right | PPM ranking |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    add_paired(cells)
+    head = (
+        "| policy | answer rule | accuracy % | covered | answers per tree | mixed trees | chosen right "
+        "| most frequent right | PPM ranking | only this right / only plain right |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         rule = RULES[c["rule"]].format(ppm=c["ppm_round"])
         rank = "" if c["ranking_accuracy"] is None else f"{c['ranking_accuracy']:.2f}"
+        paired = "" if c.get("only_this_right") is None else f"{c['only_this_right']} / {c['only_plain_right']}"
         lines.append(
             f"| round {c['policy_round']} | {rule} | {c['accuracy']:.1f} | {c['covered']} of {len(held)} | "
-            f"{c['answers_per_tree']} | {c['mixed']} | {c['chosen_right']} | {c['most_frequent_right']} | {rank} |"
+            f"{c['answers_per_tree']} | {c['mixed']} | {c['chosen_right']} | {c['most_frequent_right']} | {rank} "
+            f"| {paired} |"
         )
     print("\n".join(lines))
     if args.json:

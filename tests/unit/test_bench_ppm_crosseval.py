@@ -57,3 +57,14 @@ def test_a_round_must_hold_exactly_one_artifact_of_a_kind(monkeypatch: pytest.Mo
         xe.round_artifact(2, "policy")
     with pytest.raises(SystemExit, match=r"one pairs artifact of round 2 .* found 2"):
         xe.round_artifact(2, "pairs")
+
+
+def test_add_paired_counts_the_problems_only_one_rule_got_right() -> None:
+    cells: list[dict[str, Any]] = [
+        {"policy_round": 2, "rule": "mcts", "correct": [True, True, False, False, True]},
+        {"policy_round": 2, "rule": "mcts-plain", "correct": [True, False, True, False, False]},
+        {"policy_round": 3, "rule": "mcts", "correct": [True]},  # no plain cell for round 3: nothing to pair with
+    ]
+    xe.add_paired(cells)
+    assert (cells[0]["only_this_right"], cells[0]["only_plain_right"]) == (2, 1)
+    assert "only_this_right" not in cells[1] and "only_this_right" not in cells[2]
