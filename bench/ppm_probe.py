@@ -52,6 +52,50 @@ def fresh_problems(world_dir: Path, n: int) -> list[Any]:
     return [p.to_problem("train") for p in new]
 
 
+def subset_main(args: argparse.Namespace) -> int:
+    """A PPM trained as the probe's was, on the pairs of the first `args.subset` problems the probe searched."""
+    import polars as pl
+
+    from bench.ppm_crosseval import model_spec
+    from infra.settings import get_settings
+    from infra.storage import open_store
+    from rstar.data.problems import load_problems
+    from rstar.train.common import TrainConfig
+    from rstar.train.ppm import train_ppm
+    from tasks.build_data import PAIRS_FILE
+
+    os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
+    os.environ["RSTAR_HOME"] = str(args.run.resolve())
+    get_settings.cache_clear()
+    backbone = Path(model_spec(args.policy_round, "policy").removeprefix("hf:"))  # the probe's PPM backbone
+    os.environ["RSTAR_HOME"] = str((args.out / "home").resolve())
+    get_settings.cache_clear()
+    store = open_store()
+    k = args.policy_round + 1
+    (pairs_key,) = store.list_artifacts(f"rounds/{k}/pairs/")
+    (ppm_key,) = store.list_artifacts(f"rounds/{k}/ppm/")
+    config = dict(store.read_manifest(ppm_key).config["train"])
+    problems, _ = load_problems(args.out / "problems.jsonl")
+    keep = {p.id for p in problems[: args.subset]}
+    pairs = pl.read_parquet(store.get_artifact(pairs_key) / PAIRS_FILE).filter(pl.col("problem_id").is_in(keep))
+    out = args.out / f"ppm-first{args.subset}"
+    t0 = time.perf_counter()
+    result = train_ppm(pairs, backbone, out, TrainConfig.for_ppm(**{**config, "seed": args.seed}))
+    report = {
+        "subset": args.subset,
+        "pairs": pairs.height,
+        "problems_with_pairs": pairs["problem_id"].n_unique(),
+        "ppm": {name: v for name, v in result.metrics.items() if isinstance(v, (int, float))},
+        "ppm_spec": f"hf:{out}",
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(report, indent=2, default=str))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="a seed folder of bench/evolution.py (<out>/seed-N)")
@@ -62,7 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-json", type=Path, default=None, help="the run's bench/evolution.py JSON (its settings)")
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "ppm-probe")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="search nothing: train a PPM like the probe's on the pairs of the first N of its problems (a data-size "
+        "curve from one search); needs a finished probe in --out",
+    )
     args = ap.parse_args(argv)
+    if args.subset is not None:
+        return subset_main(args)
 
     from bench.ppm_crosseval import model_spec, run_budget
     from infra.settings import configure_prefect_env, get_settings
