@@ -49,6 +49,11 @@ from rstar.train.common import (
 )
 
 REQUIRED_COLUMNS = ("problem_id", "prefix", "chosen", "rejected")
+# `train_accuracy` is measured on the first this-many training pairs: a fit check (+-3 points at 0.9), not an
+# estimate to report. Scoring costs two forward passes per pair, ~0.17 s each for SmolLM2-135M on 2 CPU cores
+# (inferred from the PPM task's time outside training in bench/ppm_probe.py), so the former 512 pairs cost ~3 min
+# per round of the CPU benchmark; 128 cost ~45 s.
+TRAIN_ACCURACY_SAMPLE = 128
 
 
 def heldout_problem(problem_id: str, fraction: float) -> bool:
@@ -243,7 +248,7 @@ def train_ppm(
     held_enc = encode_pairs(tokenizer, heldout_df, max_length) if heldout_df.height else None
     if held_enc is not None:
         heldout_kept = heldout_df[held_enc.kept_rows]
-    train_sample = train_df[enc.kept_rows][:512]
+    train_sample = train_df[enc.kept_rows][:TRAIN_ACCURACY_SAMPLE]
     metrics: dict[str, Any] = {
         "train_pairs": len(enc.chosen_ids),
         "train_problems": train_df["problem_id"].n_unique(),
