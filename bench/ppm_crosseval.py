@@ -4,19 +4,20 @@
         --seed 1 --json bench/results/ppm-crosseval-seed1.json          # ~4 min per PPM-guided cell of 60 problems
 
 Reads the models that `bench/evolution.py` left in a run folder's artifact store (`--run` is used as `RSTAR_HOME`;
-keys `rounds/<k>/{policy,ppm}/<digest>`) and, for each policy round given, runs the test-time search with each PPM round given (`mcts`, the paper's rule: the
-highest-PPM answer; and `mcts-topk`, the reference implementation's: a majority vote over the top-k answers by PPM
-score, read from the same tree) and without a PPM (`mcts-plain`: majority vote), with the run's search settings (candidates, depth,
-tokens per step, temperature, rollouts: from the run's `bench/evolution.py` JSON given as `--budget-json`, else the
-default budget's) and the run's seed, on the world's held-out split. Besides
-accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how often the chosen answer
-and how often the tree's most frequent answer is right, and the PPM's within-tree pairwise ranking accuracy: what
-separates a PPM that helps from one that only reorders. Prints the table; `--json` writes it.
+keys `rounds/<k>/{policy,ppm}/<digest>`) and, for each policy round given, runs the test-time search with each PPM
+round given (`mcts`, the paper's rule: the highest-PPM answer; and `mcts-topk`, the reference implementation's: a
+majority vote over the top-k answers by PPM score, read from the same tree) and without a PPM (`mcts-plain`: majority
+vote), with the run's search settings (candidates, depth, tokens per step, temperature, rollouts: from the run's
+`bench/evolution.py` JSON given as `--budget-json`, else the default budget's) and the run's seed, on the world's
+held-out split. Besides accuracy it reports, over the trees that hold both a correct and a wrong answer ("mixed"), how
+often the chosen answer and how often the tree's most frequent answer is right, the PPM's within-tree pairwise ranking
+accuracy (what separates a PPM that helps from one that only reorders) and, per PPM cell, the problems only it or only
+plain MCTS got right. Prints the table; `--json` writes it.
 
 `--train-ppm ROUNDS` adds one more PPM: trained like the flow's (the first policy round's model as backbone, the
 run's PPM settings) on the preference pairs of the given rounds together, one epoch over all of them, to see whether
-more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make a PPM that beats the vote. `--ppm-spec NAME=SPEC`
-adds any other PPM, e.g. the one `bench/ppm_probe.py` trains on pairs from many more problems.
+more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make a PPM that beats the vote.
+`--ppm-spec NAME=SPEC` adds any other PPM, e.g. the one `bench/ppm_probe.py` trains on pairs from many more problems.
 """
 
 from __future__ import annotations

@@ -1,17 +1,20 @@
 """Does the PPM need pairs from more problems? Search many new training problems with one round's policy, train a PPM.
 
     .venv/bin/python bench/ppm_probe.py --run .rstar/bench/evolution/seed-1 --world .rstar/bench/evolution/world \
-        --seed 1 --policy-round 2 --problems 256 --json bench/results/ppm-probe-seed1.json
+        --seed 1 --policy-round 2 --problems 256 --budget-json bench/results/evolution-default-seed1.json \
+        --json bench/results/ppm-probe-seed1.json
     .venv/bin/python bench/ppm_crosseval.py --run .rstar/bench/evolution/seed-1 --world .rstar/bench/evolution/world \
-        --seed 1 --policies 2 --ppms 2 --ppm-spec probe=<the spec it prints>
+        --seed 1 --policies 2 --ppms 2 --ppm-spec probe=<the ppm_spec it prints>
+    .venv/bin/python bench/ppm_probe.py ... --subset 128   # then: a PPM on the pairs of its first 128 problems only
 
 A round of `bench/evolution.py` searches 64 training problems with 4 rollouts; only the ~25 trees that hold both a
 correct and a wrong answer give preference pairs (117-216 per round), and the PPMs trained on them rank the policy's
-answers near chance. This probe runs one `evolution_round` (terminal-guided, as rounds 1-2; the run's search and PPM
-settings, from its result JSON given as `--budget-json`, else the default budget's) with the given round's policy over `--problems` *new* training problems of the same world generator (the
-run's world grown, minus every problem the run saw: its train split, its seed SFT and the held-out split, which is
-checked to be unchanged), trains only a PPM (backbone: that policy; one epoch over every pair, no step cap), and
-prints its spec for `bench/ppm_crosseval.py --ppm-spec`. It writes into its own store (`--out`), never the run's.
+answers near chance. This probe runs one `evolution_round` (terminal-guided, as rounds 1-2) with the given round's
+policy over `--problems` *new* training problems of the same world generator (the run's world grown, minus every
+problem the run saw: its train split, its seed SFT and the held-out split, which is checked to be unchanged), with
+the run's search and PPM settings (from its result JSON given as `--budget-json`, else the default budget's). It
+trains only a PPM (backbone: that policy; one epoch over every pair, no step cap) and prints its spec for
+`bench/ppm_crosseval.py --ppm-spec`. It writes into its own store (`--out`), never the run's.
 """
 
 from __future__ import annotations
