@@ -52,7 +52,7 @@ REQUIRED_COLUMNS = ("problem_id", "prefix", "chosen", "rejected")
 # `train_accuracy` is measured on the first this-many training pairs: a fit check (+-3 points at 0.9), not an
 # estimate to report. Scoring costs two forward passes per pair, ~0.17 s each for SmolLM2-135M on 2 CPU cores
 # (inferred from the PPM task's time outside training in bench/ppm_probe.py), so the former 512 pairs cost ~3 min
-# per round of the CPU benchmark; 128 cost ~45 s.
+# for a PPM trained on ~600 pairs; 128 cost ~45 s.
 TRAIN_ACCURACY_SAMPLE = 128
 
 
