@@ -103,13 +103,20 @@ def add_paired(cells: list[dict[str, Any]]) -> None:
         c["only_plain_right"] = sum(b and not a for a, b in zip(c["correct"], base, strict=True))
 
 
+def train_like(pairs: Any, config: dict[str, Any], backbone: Path, out: Path, seed: int) -> dict[str, Any]:
+    """Train a PPM on `pairs` with a round's PPM settings (`config`, from its manifest); returns its numeric metrics."""
+    from rstar.train.common import TrainConfig
+    from rstar.train.ppm import train_ppm
+
+    result = train_ppm(pairs, backbone, out, TrainConfig.for_ppm(**{**config, "seed": seed}))
+    return {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+
 def train_pooled_ppm(rounds: list[int], policy_round: int, out: Path, seed: int) -> tuple[str, dict[str, Any]]:
     """A PPM trained as the run's were, on the pairs of several rounds at once; returns its spec and metrics."""
     import polars as pl
 
     from infra.storage import open_store
-    from rstar.train.common import TrainConfig
-    from rstar.train.ppm import train_ppm
     from tasks.build_data import PAIRS_FILE
 
     store = open_store()
@@ -117,8 +124,7 @@ def train_pooled_ppm(rounds: list[int], policy_round: int, out: Path, seed: int)
     config = dict(store.read_manifest(round_artifact(max(rounds), "ppm")).config["train"])
     config.pop("max_steps", None)  # one epoch over every pair, not the round's step cap
     backbone = Path(model_spec(policy_round, "policy").removeprefix("hf:"))
-    result = train_ppm(data, backbone, out, TrainConfig.for_ppm(**{**config, "seed": seed}))
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics = train_like(data, config, backbone, out, seed)
     return f"hf:{out}", {"pairs": data.height, "rounds": rounds, "config": config, **metrics}
 
 

@@ -55,24 +55,37 @@ def fresh_problems(world_dir: Path, n: int) -> list[Any]:
     return [p.to_problem("train") for p in new]
 
 
+def run_policy(run: Path, round_idx: int) -> str:
+    """The `hf:` spec of a run's round policy, read from the run's store (leaves `RSTAR_HOME` pointing at it)."""
+    from bench.ppm_crosseval import model_spec
+    from infra.settings import get_settings
+
+    os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
+    os.environ["RSTAR_HOME"] = str(run.resolve())
+    get_settings.cache_clear()
+    return model_spec(round_idx, "policy")
+
+
+def use_home(home: Path) -> None:
+    """Point the store (and the Prefect settings derived from it) at `home`."""
+    from infra.settings import configure_prefect_env, get_settings
+
+    os.environ["RSTAR_HOME"] = str(home.resolve())
+    get_settings.cache_clear()
+    configure_prefect_env(get_settings(), override=True)
+
+
 def subset_main(args: argparse.Namespace) -> int:
     """A PPM trained as the probe's was, on the pairs of the first `args.subset` problems the probe searched."""
     import polars as pl
 
-    from bench.ppm_crosseval import model_spec
-    from infra.settings import get_settings
+    from bench.ppm_crosseval import train_like
     from infra.storage import open_store
     from rstar.data.problems import load_problems
-    from rstar.train.common import TrainConfig
-    from rstar.train.ppm import train_ppm
     from tasks.build_data import PAIRS_FILE
 
-    os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
-    os.environ["RSTAR_HOME"] = str(args.run.resolve())
-    get_settings.cache_clear()
-    backbone = Path(model_spec(args.policy_round, "policy").removeprefix("hf:"))  # the probe's PPM backbone
-    os.environ["RSTAR_HOME"] = str((args.out / "home").resolve())
-    get_settings.cache_clear()
+    backbone = Path(run_policy(args.run, args.policy_round).removeprefix("hf:"))  # the probe's PPM backbone
+    use_home(args.out / "home")
     store = open_store()
     k = args.policy_round + 1
     (pairs_key,) = store.list_artifacts(f"rounds/{k}/pairs/")
@@ -83,12 +96,12 @@ def subset_main(args: argparse.Namespace) -> int:
     pairs = pl.read_parquet(store.get_artifact(pairs_key) / PAIRS_FILE).filter(pl.col("problem_id").is_in(keep))
     out = args.out / f"ppm-first{args.subset}"
     t0 = time.perf_counter()
-    result = train_ppm(pairs, backbone, out, TrainConfig.for_ppm(**{**config, "seed": args.seed}))
+    metrics = train_like(pairs, config, backbone, out, args.seed)
     report = {
         "subset": args.subset,
         "pairs": pairs.height,
         "problems_with_pairs": pairs["problem_id"].n_unique(),
-        "ppm": {name: v for name, v in result.metrics.items() if isinstance(v, (int, float))},
+        "ppm": metrics,
         "ppm_spec": f"hf:{out}",
         "wall_s": round(time.perf_counter() - t0, 1),
     }
@@ -121,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subset is not None:
         return subset_main(args)
 
-    from bench.ppm_crosseval import model_spec, run_budget
-    from infra.settings import configure_prefect_env, get_settings
+    from bench.ppm_crosseval import run_budget
     from rstar.data.problems import write_problems_jsonl
 
     b = run_budget(args.budget_json)  # search and PPM settings as the run's rounds had them
@@ -131,14 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     problem_file = args.out / "problems.jsonl"
     write_problems_jsonl(problems, problem_file)
 
-    os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
-    os.environ["RSTAR_HOME"] = str(args.run.resolve())
-    get_settings.cache_clear()
-    policy = model_spec(args.policy_round, "policy")  # a local hf: folder inside the run's store
-
-    os.environ["RSTAR_HOME"] = str((args.out / "home").resolve())
-    get_settings.cache_clear()
-    configure_prefect_env(get_settings(), override=True)
+    policy = run_policy(args.run, args.policy_round)  # a local hf: folder inside the run's store
+    use_home(args.out / "home")
     from flows.params import EvalOptions, RoundParams, SearchOptions, TrainingOptions
     from flows.round import evolution_round
     from infra.storage import open_store
