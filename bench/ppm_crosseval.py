@@ -23,6 +23,7 @@ more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -61,6 +62,24 @@ RULES = {
     "mcts-topk": "majority of the top-k by PPM {ppm}",
     "mcts-plain": "majority (plain MCTS)",
 }
+
+
+def shown(where: Path | str | None) -> str | None:
+    """A path (or an `hf:` spec) as a result JSON records it: relative to the repository when inside it, so results
+    read the same on every machine; anything elsewhere stays absolute."""
+    if where is None:
+        return None
+    text = str(where)
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.isalpha() and len(scheme) > 1:  # a spec such as hf:/path; a bare path has no scheme
+        return f"{scheme}:{shown(rest)}"
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return text
 
 
 def run_budget(path: Path | None) -> Any:
@@ -234,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "run": str(args.run),
+            "run": shown(args.run),
+            "budget_json": shown(args.budget_json),
             "seed": args.seed,
             "heldout": len(held),
             "budget": args.budget,
+            "search": dataclasses.asdict(cfg),
+            "ppm_specs": {str(k): shown(v) for k, v in ppms.items() if k is not None},
             "cells": cells,
             "trained_ppm": trained,
         }

@@ -33,6 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+from bench.ppm_crosseval import shown  # noqa: E402  (after the path insert: the bench runs as a script)
+
 
 def fresh_problems(world_dir: Path, n: int) -> list[Any]:
     """`n` training problems of the run's world generator that the run never saw (train, seed SFT, held-out)."""
@@ -102,7 +104,7 @@ def subset_main(args: argparse.Namespace) -> int:
         "pairs": pairs.height,
         "problems_with_pairs": pairs["problem_id"].n_unique(),
         "ppm": metrics,
-        "ppm_spec": f"hf:{out}",
+        "ppm_spec": shown(f"hf:{out}"),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(report, indent=2, default=str))
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.common import resolve_model
 
     report: dict[str, Any] = {
-        "run": str(args.run),
+        "run": shown(args.run),
         "seed": args.seed,
         "policy_round": args.policy_round,
         "problems": args.problems,
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": store.read_manifest(result.pairs).rows,
         "synthesize": [metric(u) for u in result.trees],
         "ppm": metric(result.ppm) if result.trained_ppm else None,
-        "ppm_spec": resolve_model(result.ppm) if result.trained_ppm else None,
+        "ppm_spec": shown(resolve_model(result.ppm)) if result.trained_ppm else None,
         "wall_s": round(wall, 1),
     }
     print(json.dumps(report, indent=2, default=str))

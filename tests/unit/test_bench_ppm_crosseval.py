@@ -1,4 +1,4 @@
-"""bench/ppm_crosseval.py's mixed-tree arithmetic: which answer a rule picked vs the tree's most frequent answer."""
+"""bench/ppm_crosseval.py: mixed-tree arithmetic (the picked answer vs the most frequent one), paths in results."""
 
 from __future__ import annotations
 
@@ -68,3 +68,14 @@ def test_add_paired_counts_the_problems_only_one_rule_got_right() -> None:
     xe.add_paired(cells)
     assert (cells[0]["only_this_right"], cells[0]["only_plain_right"]) == (2, 1)
     assert "only_this_right" not in cells[1] and "only_this_right" not in cells[2]
+
+
+def test_result_paths_are_recorded_relative_to_the_repository(tmp_path: Path) -> None:
+    inside = xe.ROOT / ".rstar" / "bench" / "run"
+    assert xe.shown(inside) == ".rstar/bench/run"
+    assert xe.shown(f"hf:{inside / 'ppm'}") == "hf:.rstar/bench/run/ppm"
+    assert xe.shown(tmp_path / "x") == str(tmp_path / "x")  # outside the repository: kept absolute
+    assert xe.shown(f"hf:{tmp_path}") == f"hf:{tmp_path}"
+    assert xe.shown("smollm2-135m") == "smollm2-135m"  # a registry name is not a path
+    assert xe.shown("hf:relative/ppm") == "hf:relative/ppm"
+    assert xe.shown(None) is None
