@@ -72,7 +72,7 @@ def shown(where: Path | str | None) -> str | None:
     text = str(where)
     scheme, sep, rest = text.partition(":")
     if sep and scheme.isalpha() and len(scheme) > 1:  # a spec such as hf:/path; a bare path has no scheme
-        return f"{scheme}:{shown(rest)}"
+        return text if rest.startswith("//") else f"{scheme}:{shown(rest)}"  # a URI (file://, s3://) stays whole
     path = Path(text)
     if not path.is_absolute():
         return text

@@ -78,4 +78,5 @@ def test_result_paths_are_recorded_relative_to_the_repository(tmp_path: Path) ->
     assert xe.shown(f"hf:{tmp_path}") == f"hf:{tmp_path}"
     assert xe.shown("smollm2-135m") == "smollm2-135m"  # a registry name is not a path
     assert xe.shown("hf:relative/ppm") == "hf:relative/ppm"
+    assert xe.shown(f"file://{inside}") == f"file://{inside}"  # a URI is not rewritten into a half-relative one
     assert xe.shown(None) is None
