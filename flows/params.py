@@ -220,6 +220,12 @@ class EvolutionParams(_Params):
         description="evaluate the model being evolved (training.base_model, else the bootstrap) before round 1",
     )
     register_models: bool = Field(default=True)
+    final_ppm: bool = Field(
+        default=False,
+        description="after the last round, one PPM-only round: the final policy searches the problems once more "
+        "(terminal-guided) and a PPM is trained on its own trees, with it as the backbone; a small policy's PPM "
+        "must learn from the trees of the policy it guides (BENCHMARKS.md)",
+    )
 
     @model_validator(mode="after")
     def _has_a_bootstrap(self) -> EvolutionParams:
@@ -283,6 +289,35 @@ def round_params(evo: EvolutionParams, k: int, previous: PreviousRound | None) -
     )
 
 
+def final_ppm_params(evo: EvolutionParams, k: int, last: PreviousRound) -> RoundParams:
+    """The PPM-only round `k` after the last one (`final_ppm`), pure: the final policy searches the problems again.
+
+    Under the paper's schedule round k's PPM learns from trees the round-(k-1) policy searched and then judges the
+    round-k policy, which a round of SFT has moved; a 7B PPM carries over, a 135M one does not (it ranks the newer
+    policy's answers worse and loses to a majority vote, BENCHMARKS.md). This round gives the final policy a PPM of
+    its own: terminal-guided search (pure Monte Carlo Q, as rounds 1-2) with the final policy, its unsolved problems
+    boosted as usual, no policy training, and a PPM whose backbone is that policy (unless `training.ppm_base` names
+    another). It is evaluated only when the
+    evaluation mode uses a PPM (greedy or maj would only repeat the last round's numbers).
+    """
+    from rstar.eval.modes import PPM_MODES, resolve_mode
+
+    p = round_params(evo, k, last)
+    try:
+        judged = any(resolve_mode(m) in PPM_MODES for m in evo.evaluation.mode.split(",") if m.strip())
+    except ValueError:
+        judged = True  # an unknown mode: let the evaluation say so, as in every other round
+    return p.model_copy(
+        update={
+            "search": p.search.model_copy(update={"mode": "terminal"}),
+            "training": evo.training.model_copy(
+                update={"train_policy": False, "train_ppm": True, "ppm_base": evo.training.ppm_base or last.policy}
+            ),
+            "evaluation": evo.evaluation.model_copy(update={"enabled": evo.evaluation.enabled and judged}),
+        }
+    )
+
+
 class RoundResult(BaseModel):
     """What a round returns (and what `self_evolution` hands to the next round): URIs and a few numbers."""
 
@@ -314,7 +349,8 @@ class EvolutionResult(BaseModel):
     bootstrap_policy: str | None = None
     accuracy_after: dict[str, float]
     policy: str
-    ppm: str | None
+    ppm: str | None  # the final PPM-only round's PPM when there is one, else the last round's
+    final_ppm_round: RoundResult | None = None  # `final_ppm`: the PPM-only round after the last one
 
 
 # --------------------------------------------------------------------------------------------------------------------

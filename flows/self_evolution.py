@@ -15,7 +15,9 @@ is the pure function `flows.params.round_params`.
 Before round 1 the model being evolved (`training.base_model`, else the bootstrap policy) is evaluated, so the
 summary shows accuracy before and after. With `bootstrap_sft` (and no `bootstrap_policy`) a round 0 first fine-tunes
 `training.base_model` on that seed SFT set (tasks/bootstrap.py): the CPU-sized stand-in for the paper's large
-bootstrap model; the result generates round 1's trees and is evaluated too. Each round is a subflow named `round-k`; re-running the evolution with the
+bootstrap model; the result generates round 1's trees and is evaluated too. With `final_ppm` one more, PPM-only
+round follows the last one: the final policy searches the problems again and a PPM is trained on its own trees
+(`flows.params.final_ppm_params`; at 135M a PPM must learn from the policy it guides, BENCHMARKS.md). Each round is a subflow named `round-k`; re-running the evolution with the
 same parameters re-uses every finished stage of every round.
 """
 
@@ -24,7 +26,14 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.params import EvolutionParams, EvolutionResult, PreviousRound, RoundResult, round_params
+from flows.params import (
+    EvolutionParams,
+    EvolutionResult,
+    PreviousRound,
+    RoundResult,
+    final_ppm_params,
+    round_params,
+)
 from flows.round import _param, evolution_round
 from tasks.bootstrap import ingest_seed_sft
 from tasks.common import run_logger
@@ -73,6 +82,12 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
         results.append(result)
         previous = PreviousRound(policy=result.policy, ppm=result.ppm, aggregate=result.aggregate)
 
+    final: RoundResult | None = None
+    if params.final_ppm and previous is not None:
+        k = params.first_round + params.rounds
+        final = evolution_round(final_ppm_params(params, k, previous))
+        logger.info("PPM-only round %d: the final policy's own PPM %s", k, final.ppm)
+
     benchmarks = sorted({b for r in results for b in r.accuracy} | set(before))
     table = [{"round": "base", "coverage": None, **{b: before.get(b) for b in benchmarks}, "policy": base}]
     if bootstrap is not None:
@@ -93,6 +108,15 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
         }
         for r in results
     ]
+    if final is not None:
+        table.append(
+            {
+                "round": f"{final.round_idx} (PPM only)",
+                "coverage": None if final.coverage is None else round(final.coverage, 4),
+                **{b: final.accuracy.get(b) for b in benchmarks},
+                "policy": final.policy,
+            }
+        )
     create_table_artifact(key="self-evolution-summary", table=table, description="coverage and accuracy per round")
     last = results[-1]
     return EvolutionResult(
@@ -100,7 +124,8 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
         accuracy_before=before,
         accuracy_bootstrap=bootstrap,
         bootstrap_policy=params.bootstrap_policy,
-        accuracy_after=last.accuracy,
+        accuracy_after=(final.accuracy if final is not None and final.accuracy else last.accuracy),
         policy=last.policy,
-        ppm=last.ppm,
+        ppm=final.ppm if final is not None else last.ppm,
+        final_ppm_round=final,
     )

@@ -435,6 +435,58 @@ def test_seed_sft_bootstrap_trains_round_ones_generator(
     assert result.accuracy_bootstrap is not None and set(result.accuracy_bootstrap) == {"world"}
 
 
+def test_final_ppm_round_trains_a_ppm_on_the_final_policys_own_trees(
+    prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy
+) -> None:
+    """`final_ppm`: after the last round one more round searches with the final policy and trains only a PPM on its
+    pairs; the evolution's PPM is that one, its policy the last round's. (The policy here is the scripted oracle,
+    which solves some problems and cannot be a backbone, so `training.ppm_base` names one; the default backbone, the
+    final policy, is checked in test_flows_units.)"""
+    from flows.params import EvolutionParams
+    from flows.self_evolution import self_evolution
+    from infra.storage import open_store
+
+    world = make_world(rstar_home.parent / "world")
+    params = EvolutionParams(
+        rounds=1,
+        problems=str(world["train"]),
+        bootstrap_policy=oracle(world),
+        rollouts_first_round=3,
+        rollouts=3,
+        candidates=2,
+        search_extra=SEARCH.extra,
+        shard_size=12,
+        training=TrainingOptions(
+            train_policy=False, train_ppm=False, ppm_base="tiny:0", extra=TRAIN_FAST, ppm_extra=TRAIN_FAST
+        ),
+        evaluation=EvalOptions(
+            benchmarks=[f"world={world['heldout']}"], mode="mcts", budget=2, limit=1, extra=EVAL_FAST
+        ),
+        evaluate_base=False,
+        register_models=False,
+        final_ppm=True,
+    )
+    result = self_evolution(params)
+    (r1,) = result.rounds
+    final = result.final_ppm_round
+    assert final is not None and final.round_idx == 2
+    assert not r1.trained_ppm and r1.ppm is None
+    assert not final.trained_policy and final.policy == r1.policy == oracle(world)  # carried over untouched
+    assert final.trained_ppm and final.ppm is not None and "/rounds/2/ppm/" in final.ppm
+    assert (result.policy, result.ppm) == (r1.policy, final.ppm)
+    store = open_store()
+    for tree_uri in final.trees:  # searched by the final policy, terminal-guided, unsolved problems boosted
+        tree = store.read_manifest(tree_uri)
+        assert tree.models["policy"] == oracle(world)
+        assert tree.config["search"]["mode"] == "terminal"
+    ppm = store.read_manifest(final.ppm)
+    pairs = store.read_manifest(final.pairs or "")
+    assert pairs.rows and [p["uri"] for p in ppm.parents] == [final.pairs]  # learned from the final policy's pairs
+    assert not store.list_artifacts("rounds/2/policy/")
+    assert set(final.accuracy) == {"world"} and result.accuracy_after == final.accuracy  # judged with its PPM
+    assert len(spy.calls) == 2  # one shard per round
+
+
 def test_evaluate_flow_wraps_the_eval_library(prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy) -> None:
     from flows.evaluate import evaluate
 

@@ -14,11 +14,13 @@ import pytest
 from pydantic import ValidationError
 
 from flows.params import (
+    EvalOptions,
     EvolutionParams,
     PreviousRound,
     RoundParams,
     SearchOptions,
     TrainingOptions,
+    final_ppm_params,
     round_params,
 )
 from rstar.data.problems import write_problems_jsonl
@@ -53,6 +55,28 @@ def test_round_k_uses_round_k_minus_1_models_and_boosts_its_unsolved() -> None:
 def test_round_3_without_any_ppm_stays_terminal_guided() -> None:
     prev = PreviousRound(policy="file:///p", ppm=None, aggregate="file:///agg")
     assert round_params(_evo(), 3, prev).search.mode == "terminal"
+
+
+def test_the_final_ppm_round_searches_with_the_final_policy_and_trains_only_its_ppm() -> None:
+    last = PreviousRound(
+        policy="file:///a/rounds/3/policy/p3", ppm="file:///a/rounds/3/ppm/q3", aggregate="file:///agg3"
+    )
+    evo = _evo(
+        rounds=3,
+        training=TrainingOptions(base_model="smollm2-135m", ppm_epochs=2.0),
+        evaluation=EvalOptions(mode="mcts", budget=4),
+    )
+    p = final_ppm_params(evo, 4, last)
+    assert (p.round_idx, p.policy, p.boost, p.search.rollouts) == (4, last.policy, last.aggregate, 16)
+    assert p.search.mode == "terminal"  # pure Monte Carlo Q, although round 4 would be PPM-augmented
+    t = p.training
+    assert (t.train_policy, t.train_ppm, t.ppm_base, t.ppm_epochs) == (False, True, last.policy, 2.0)
+    assert t.base_model == "smollm2-135m"  # the backbone is ppm_base, not the untouched base model
+    assert p.evaluation.enabled and p.evaluation.mode == "mcts"
+    # greedy (or maj) would only repeat the last round's numbers: not evaluated; a PPM mode or an alias is
+    assert not final_ppm_params(_evo(), 4, last).evaluation.enabled
+    assert final_ppm_params(_evo(evaluation=EvalOptions(mode="best-of-n")), 4, last).evaluation.enabled
+    assert not final_ppm_params(_evo(evaluation=EvalOptions(mode="mcts", enabled=False)), 4, last).evaluation.enabled
 
 
 def test_parameters_are_validated() -> None:

@@ -57,6 +57,26 @@ def test_the_top_k_rule_is_judged_against_plain_mcts_on_its_own() -> None:
     assert s["ppm_vs_plain_round2"]["shown"] is False  # the paper's rule is judged separately
 
 
+def test_the_final_ppm_row_is_judged_against_the_last_rounds_plain_mcts() -> None:
+    """The PPM-only round keeps the last round's policy: its PPM-guided search is compared with that round's plain
+    search (same policy, seed and budget), and the spread is the PPM-guided accuracy's over seeds."""
+    runs = [_run(0, 50.0, 55.0, 62.0, 60.0, 50.0), _run(1, 52.0, 52.0, 60.0, 58.0, 57.0)]
+    for run, (ppm, topk) in zip(runs, ((66.0, 61.0), (64.0, 58.0)), strict=True):
+        run["rows"].append({"stage": "final PPM", "mcts@3": ppm, "mcts-topk@3": topk})
+    s = ev.summary(runs, B)
+    assert s["ppm_vs_plain_final"] == {"gains": [16.0, 7.0], "spread": 2.0, "shown": True}
+    assert s["ppm_topk_vs_plain_final"] == {"gains": [11.0, 1.0], "spread": 3.0, "shown": False}
+    assert s["ppm_vs_plain_round2"]["shown"] is False  # the round's own PPM is still judged on its own row
+    assert "ppm_vs_plain_final" not in ev.summary([_run(0, 50.0, 55.0, 62.0, 60.0, 50.0)] * 2, B)  # no such row
+
+
+def test_evaluate_refuses_a_mode_set_it_does_not_plan(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="modes"):
+        ev._evaluate("fake:oracle", None, [], [], B, tmp_path, 0, modes=("maj",))
+    with pytest.raises(ValueError, match="needs a PPM"):
+        ev._evaluate("fake:oracle", None, [], [], B, tmp_path, 0, modes=("mcts",))
+
+
 def test_one_seed_has_no_spread_and_shows_nothing() -> None:
     s = ev.summary([_run(0, 50.0, 70.0, 80.0, 90.0, 10.0)], B)
     assert s["greedy_round2_vs_bootstrap"] == {"gains": [30.0], "spread": None, "shown": False}
