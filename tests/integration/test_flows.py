@@ -436,7 +436,7 @@ def test_seed_sft_bootstrap_trains_round_ones_generator(
 
 
 def test_final_ppm_round_trains_a_ppm_on_the_final_policys_own_trees(
-    prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy
+    prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`final_ppm`: after the last round one more round searches with the final policy and trains only a PPM on its
     pairs; the evolution's PPM is that one, its policy the last round's. (The policy here is the scripted oracle,
@@ -485,6 +485,15 @@ def test_final_ppm_round_trains_a_ppm_on_the_final_policys_own_trees(
     assert not store.list_artifacts("rounds/2/policy/")
     assert set(final.accuracy) == {"world"} and result.accuracy_after == final.accuracy  # judged with its PPM
     assert len(spy.calls) == 2  # one shard per round
+
+    from infra.commands.evolve_cmd import _print_evolution
+    from infra.settings import get_settings
+
+    capsys.readouterr()
+    _print_evolution(result, get_settings())
+    printed = capsys.readouterr().out
+    assert "PPM only, on the final policy's own trees:\nround 2:" in printed
+    assert f"final PPM:          {final.ppm}" in printed and "policy with the final PPM)" in printed
 
 
 def test_evaluate_flow_wraps_the_eval_library(prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy) -> None:

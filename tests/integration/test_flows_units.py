@@ -301,6 +301,21 @@ def test_cli_builds_round_params_from_a_json_file_and_flags(tmp_path: Path) -> N
     assert p.register_models is False
 
 
+def test_evolve_cli_turns_on_the_final_ppm_round_only_when_asked(tmp_path: Path) -> None:
+    import argparse
+
+    from infra.commands.evolve_cmd import evolution_params_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    base = ["evolve", "--problems", "a.jsonl", "--bootstrap-policy", "fake:oracle"]
+    assert evolution_params_from_args(parser.parse_args(base)).final_ppm is False
+    assert evolution_params_from_args(parser.parse_args([*base, "--final-ppm"])).final_ppm is True
+    f = tmp_path / "evolve.json"
+    f.write_text(json.dumps({"problems": "a.jsonl", "bootstrap_policy": "fake:oracle", "final_ppm": True}))
+    assert evolution_params_from_args(parser.parse_args(["evolve", "--params", str(f)])).final_ppm is True  # kept
+
+
 def test_cli_reports_bad_parameters_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -111,3 +111,32 @@ def test_merge_refuses_different_budgets_and_repeated_seeds(tmp_path: Path) -> N
         ev.merge([a, b])
     with pytest.raises(SystemExit, match=r"seed\(s\) \[0\] more than once"):
         ev.merge([a, a])
+
+
+def test_a_finished_evaluation_of_the_same_inputs_is_reused_and_any_change_runs_it_again(tmp_path: Path) -> None:
+    """Re-running the bench re-uses an evaluation only of the same policy, PPM, settings and problems, complete."""
+    from rstar.data.problems import load_problems
+    from rstar.data.world import WorldConfig, generate_world, write_world
+
+    world = write_world(generate_world(WorldConfig(seed=0, train=4, heldout=6, seed_sft=1)), tmp_path / "world")
+    held, _ = load_problems(world["heldout"])
+    policy = f"fake:oracle?answers={world['heldout']}&p_correct=0.5"
+    b = ev.Budget(max_depth=3, max_step_tokens=16)
+    first = ev._evaluate(policy, None, held, [], b, tmp_path / "eval", 0, modes=("greedy",))
+    assert "reused_eval" not in first and first["greedy"] > 0
+    again = ev._evaluate(policy, None, held, [], b, tmp_path / "eval", 0, modes=("greedy",))
+    assert again["reused_eval"] == ["greedy-1"]
+    assert {k: v for k, v in again.items() if k != "reused_eval"} == first  # same numbers, the first run's wall time
+    fresh = ev._evaluate(policy, None, held, [], b, tmp_path / "eval", 0, modes=("greedy",), fresh=True)
+    assert "reused_eval" not in fresh
+    # other problems, other settings, another policy: evaluated again
+    assert "reused_eval" not in ev._evaluate(policy, None, held[:5], [], b, tmp_path / "eval", 0, modes=("greedy",))
+    ev._evaluate(policy, None, held, [], b, tmp_path / "eval", 0, modes=("greedy",))
+    changed = ev.Budget(max_depth=4, max_step_tokens=16)
+    assert "reused_eval" not in ev._evaluate(policy, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
+    other = f"fake:oracle?answers={world['heldout']}&p_correct=0.9"
+    assert "reused_eval" not in ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
+    # an interrupted evaluation (a problem's result missing) is not a finished one
+    results = tmp_path / "eval" / "greedy-1" / "results.jsonl"
+    results.write_text("\n".join(results.read_text().splitlines()[:-1]) + "\n")
+    assert "reused_eval" not in ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
