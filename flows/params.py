@@ -226,6 +226,15 @@ class EvolutionParams(_Params):
         "(terminal-guided) and a PPM is trained on its own trees, with it as the backbone; a small policy's PPM "
         "must learn from the trees of the policy it guides (BENCHMARKS.md)",
     )
+    final_ppm_problems: str | None = Field(
+        default=None,
+        description="problem set of the PPM-only round (None: `problems`); problems the final policy was not "
+        "fine-tuned on give pairs like the ones it will be judged on",
+    )
+    final_ppm_extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TrainConfig fields for the final PPM over training.ppm_extra, e.g. {'max_steps': -1}: every pair",
+    )
 
     @model_validator(mode="after")
     def _has_a_bootstrap(self) -> EvolutionParams:
@@ -295,14 +304,17 @@ def final_ppm_params(evo: EvolutionParams, k: int, last: PreviousRound) -> Round
     Under the paper's schedule round k's PPM learns from trees the round-(k-1) policy searched and then judges the
     round-k policy, which a round of SFT has moved; a 7B PPM carries over, a 135M one does not (it ranks the newer
     policy's answers worse and loses to a majority vote, BENCHMARKS.md). This round gives the final policy a PPM of
-    its own: terminal-guided search (pure Monte Carlo Q, as rounds 1-2) with the final policy, its unsolved problems
-    boosted as usual, no policy training, and a PPM whose backbone is that policy (unless `training.ppm_base` names
-    another). It is evaluated only when the
-    evaluation mode uses a PPM (greedy or maj would only repeat the last round's numbers).
+    its own: terminal-guided search (pure Monte Carlo Q, as rounds 1-2) with the final policy over `problems` (its
+    unsolved ones boosted as usual) or over `final_ppm_problems` (no boost), no policy training, and a PPM whose
+    backbone is that policy (unless `training.ppm_base` names another), trained with `final_ppm_extra` over the
+    rounds' PPM settings. It is evaluated only when the evaluation mode uses a PPM (greedy or maj would only repeat
+    the last round's numbers).
     """
     from rstar.eval.modes import PPM_MODES, resolve_mode
 
     p = round_params(evo, k, last)
+    if evo.final_ppm_problems is not None:  # another problem set: the last round's unsolved list does not apply
+        p = p.model_copy(update={"problems": evo.final_ppm_problems, "problem_limit": None, "boost": None})
     try:
         judged = any(resolve_mode(m) in PPM_MODES for m in evo.evaluation.mode.split(",") if m.strip())
     except ValueError:
@@ -311,7 +323,12 @@ def final_ppm_params(evo: EvolutionParams, k: int, last: PreviousRound) -> Round
         update={
             "search": p.search.model_copy(update={"mode": "terminal"}),
             "training": evo.training.model_copy(
-                update={"train_policy": False, "train_ppm": True, "ppm_base": evo.training.ppm_base or last.policy}
+                update={
+                    "train_policy": False,
+                    "train_ppm": True,
+                    "ppm_base": evo.training.ppm_base or last.policy,
+                    "ppm_extra": {**evo.training.ppm_extra, **evo.final_ppm_extra},
+                }
             ),
             "evaluation": evo.evaluation.model_copy(update={"enabled": evo.evaluation.enabled and judged}),
         }

@@ -77,6 +77,18 @@ def test_the_final_ppm_round_searches_with_the_final_policy_and_trains_only_its_
     assert not final_ppm_params(_evo(), 4, last).evaluation.enabled
     assert final_ppm_params(_evo(evaluation=EvalOptions(mode="best-of-n")), 4, last).evaluation.enabled
     assert not final_ppm_params(_evo(evaluation=EvalOptions(mode="mcts", enabled=False)), 4, last).evaluation.enabled
+    # its own problem set (no boost: the last round's unsolved list is about other problems) and PPM settings
+    own = _evo(
+        problem_limit=64,
+        final_ppm_problems="fresh.jsonl",
+        training=TrainingOptions(ppm_extra={"max_steps": 40, "warmup": 0.1}),
+        final_ppm_extra={"max_steps": -1},
+    )
+    q = final_ppm_params(own, 4, last)
+    assert (q.problems, q.problem_limit, q.boost) == ("fresh.jsonl", None, None)
+    assert q.training.ppm_extra == {"max_steps": -1, "warmup": 0.1}
+    assert q.training.ppm_config()["max_steps"] == -1
+    assert (p.problems, p.training.ppm_extra) == ("train.jsonl", {})  # by default: the rounds' problems, settings
 
 
 def test_parameters_are_validated() -> None:

@@ -140,3 +140,18 @@ def test_a_finished_evaluation_of_the_same_inputs_is_reused_and_any_change_runs_
     results = tmp_path / "eval" / "greedy-1" / "results.jsonl"
     results.write_text("\n".join(results.read_text().splitlines()[:-1]) + "\n")
     assert "reused_eval" not in ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
+
+
+def test_the_final_ppm_round_gets_new_problems_only_when_asked(tmp_path: Path) -> None:
+    from rstar.data.problems import load_problems
+    from rstar.data.world import WorldConfig, generate_world, write_world
+
+    world = write_world(generate_world(WorldConfig(seed=0, train=8, heldout=6, seed_sft=4)), tmp_path / "world")
+    assert ev._final_ppm_problems(world, ev.Budget(final_ppm=True)) is None  # the rounds' problems
+    assert ev._final_ppm_problems(world, ev.Budget(final_ppm=False, final_ppm_problems=5)) is None
+    path = ev._final_ppm_problems(world, ev.Budget(final_ppm=True, final_ppm_problems=5))
+    assert path is not None
+    new = [p.question for p in load_problems(path)[0]]
+    splits = [world["train"], world["heldout"], tmp_path / "world" / "seed.jsonl"]  # seed.jsonl: the seed SFT's
+    seen = {p.question for split in splits for p in load_problems(split)[0]}
+    assert len(set(new)) == 5 and not set(new) & seen
