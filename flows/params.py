@@ -222,9 +222,9 @@ class EvolutionParams(_Params):
     register_models: bool = Field(default=True)
     final_ppm: bool = Field(
         default=False,
-        description="after the last round, one PPM-only round: the final policy searches the problems once more "
-        "(terminal-guided) and a PPM is trained on its own trees, with it as the backbone; a small policy's PPM "
-        "must learn from the trees of the policy it guides (BENCHMARKS.md)",
+        description="after the last round, one PPM-only round: the final policy searches once more (terminal-guided) "
+        "and a PPM is trained on its own trees, with it as the backbone: a small PPM judges the policy whose trees "
+        "it learned from better than the next one (BENCHMARKS.md)",
     )
     final_ppm_problems: str | None = Field(
         default=None,

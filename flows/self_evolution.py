@@ -16,9 +16,10 @@ Before round 1 the model being evolved (`training.base_model`, else the bootstra
 summary shows accuracy before and after. With `bootstrap_sft` (and no `bootstrap_policy`) a round 0 first fine-tunes
 `training.base_model` on that seed SFT set (tasks/bootstrap.py): the CPU-sized stand-in for the paper's large
 bootstrap model; the result generates round 1's trees and is evaluated too. With `final_ppm` one more, PPM-only
-round follows the last one: the final policy searches the problems again and a PPM is trained on its own trees
-(`flows.params.final_ppm_params`; at 135M a PPM must learn from the policy it guides, BENCHMARKS.md). Each round is a subflow named `round-k`; re-running the evolution with the
-same parameters re-uses every finished stage of every round.
+round follows the last one: the final policy searches again (the problems, or `final_ppm_problems`) and a PPM is
+trained on its own trees (`flows.params.final_ppm_params`; a 135M PPM judges the policy whose trees it learned from
+better than the next one, BENCHMARKS.md). Each round is a subflow named `round-k`; re-running the evolution with
+the same parameters re-uses every finished stage of every round.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
         final = evolution_round(final_ppm_params(params, k, previous))
         logger.info("PPM-only round %d: the final policy's own PPM %s", k, final.ppm)
 
-    benchmarks = sorted({b for r in results for b in r.accuracy} | set(before))
+    benchmarks = sorted({b for r in [*results, *([final] if final else [])] for b in r.accuracy} | set(before))
     table = [{"round": "base", "coverage": None, **{b: before.get(b) for b in benchmarks}, "policy": base}]
     if bootstrap is not None:
         table.append(
