@@ -61,7 +61,7 @@ class Budget:
     beat a majority vote here (BENCHMARKS.md): pairs from ~50-100 problems, searched by the policy it then guides. The
     default's rounds search 64 problems (pairs from ~25), and each round's PPM learns from the previous policy's
     trees, as in the paper; `final_ppm` adds a PPM-only round on the final policy's own trees (over 256 new problems,
-    `final_ppm_problems=256`, its PPM ranks 0.87 and wins best-of-3 but ties plain MCTS@3; +29 min per seed).
+    `final_ppm_problems=256`, its PPM ranks 0.87 and wins best-of-3, ties plain MCTS@3, loses at 8; +29 min/seed).
     """
 
     train: int = 64  # training problems searched every round
