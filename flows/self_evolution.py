@@ -24,6 +24,8 @@ the same parameters re-uses every finished stage of every round.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
@@ -89,35 +91,19 @@ def self_evolution(params: EvolutionParams) -> EvolutionResult:
         final = evolution_round(final_ppm_params(params, k, previous))
         logger.info("PPM-only round %d: the final policy's own PPM %s", k, final.ppm)
 
-    benchmarks = sorted({b for r in [*results, *([final] if final else [])] for b in r.accuracy} | set(before))
-    table = [{"round": "base", "coverage": None, **{b: before.get(b) for b in benchmarks}, "policy": base}]
+    judged = [*results, *([final] if final is not None else [])]
+    benchmarks = sorted({b for r in judged for b in r.accuracy} | set(before))
+
+    def row(label: int | str, coverage: float | None, accuracy: dict[str, float], policy: str | None) -> dict[str, Any]:
+        cov = None if coverage is None else round(coverage, 4)
+        return {"round": label, "coverage": cov, **{b: accuracy.get(b) for b in benchmarks}, "policy": policy}
+
+    table = [row("base", None, before, base)]
     if bootstrap is not None:
-        table.append(
-            {
-                "round": "bootstrap",
-                "coverage": None,
-                **{b: bootstrap.get(b) for b in benchmarks},
-                "policy": params.bootstrap_policy,
-            }
-        )
-    table += [
-        {
-            "round": r.round_idx,
-            "coverage": None if r.coverage is None else round(r.coverage, 4),
-            **{b: r.accuracy.get(b) for b in benchmarks},
-            "policy": r.policy,
-        }
-        for r in results
-    ]
+        table.append(row("bootstrap", None, bootstrap, params.bootstrap_policy))
+    table += [row(r.round_idx, r.coverage, r.accuracy, r.policy) for r in results]
     if final is not None:
-        table.append(
-            {
-                "round": f"{final.round_idx} (PPM only)",
-                "coverage": None if final.coverage is None else round(final.coverage, 4),
-                **{b: final.accuracy.get(b) for b in benchmarks},
-                "policy": final.policy,
-            }
-        )
+        table.append(row(f"{final.round_idx} (PPM only)", final.coverage, final.accuracy, final.policy))
     create_table_artifact(key="self-evolution-summary", table=table, description="coverage and accuracy per round")
     last = results[-1]
     return EvolutionResult(

@@ -466,7 +466,8 @@ def test_final_ppm_round_trains_a_ppm_on_the_final_policys_own_trees(
         register_models=False,
         final_ppm=True,
     )
-    result = self_evolution(params)
+    state = self_evolution(params, return_state=True)
+    result = state.result()
     (r1,) = result.rounds
     final = result.final_ppm_round
     assert final is not None and final.round_idx == 2
@@ -494,6 +495,13 @@ def test_final_ppm_round_trains_a_ppm_on_the_final_policys_own_trees(
     printed = capsys.readouterr().out
     assert "PPM only, on the final policy's own trees:\nround 2:" in printed
     assert f"final PPM:          {final.ppm}" in printed and "policy with the final PPM)" in printed
+    import json
+
+    assert state.state_details.flow_run_id is not None
+    table = flow_artifacts(state.state_details.flow_run_id)["self-evolution-summary"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [r["round"] for r in rows] == ["base", 1, "2 (PPM only)"]
+    assert rows[-1]["world"] == final.accuracy["world"] and rows[-1]["policy"] == r1.policy
 
 
 def test_evaluate_flow_wraps_the_eval_library(prefect_harness: Any, rstar_home: Path, spy: SynthesisSpy) -> None:
