@@ -235,7 +235,9 @@ def finished_eval(folder: Path, policy_id: str, rm: Any, group: tuple[str, ...],
     """
     import datetime
 
-    summary, results = folder / "summary.json", folder / "results.jsonl"
+    from rstar.eval.report import read_results
+
+    summary, results = folder / "summary.json", folder / "results.parquet"
     if not (summary.exists() and results.exists()):
         return None
     meta = json.loads(summary.read_text())
@@ -243,7 +245,12 @@ def finished_eval(folder: Path, policy_id: str, rm: Any, group: tuple[str, ...],
     same = (meta.get("policy"), meta.get("ppm"), meta.get("modes"), meta.get("budgets"), meta.get("config"))
     if same != (policy_id, ppm_id, list(group), [budget], cfg.to_dict()) or meta.get("errors"):
         return None
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    import polars as pl
+
+    try:  # the runner's schema-checked table; a damaged file is an unfinished evaluation
+        rows = read_results(results).select("mode", "problem_id", "tokens").to_dicts()
+    except (OSError, ValueError, pl.exceptions.PolarsError):  # SchemaError is a ValueError
+        return None
     want = sorted(p.id for p in problems)
     if any(sorted(r["problem_id"] for r in rows if r["mode"] == m) != want for m in group):
         return None

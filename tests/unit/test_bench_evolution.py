@@ -136,9 +136,14 @@ def test_a_finished_evaluation_of_the_same_inputs_is_reused_and_any_change_runs_
     assert "reused_eval" not in ev._evaluate(policy, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
     other = f"fake:oracle?answers={world['heldout']}&p_correct=0.9"
     assert "reused_eval" not in ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
-    # an interrupted evaluation (a problem's result missing) is not a finished one
-    results = tmp_path / "eval" / "greedy-1" / "results.jsonl"
-    results.write_text("\n".join(results.read_text().splitlines()[:-1]) + "\n")
+    # an interrupted evaluation (a problem's result missing) is not a finished one, nor is a damaged result file
+    import polars as pl
+
+    results = tmp_path / "eval" / "greedy-1" / "results.parquet"
+    pl.read_parquet(results)[:-1].write_parquet(results)
+    assert "reused_eval" not in ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
+    assert ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))["reused_eval"]
+    results.write_bytes(results.read_bytes()[:100])
     assert "reused_eval" not in ev._evaluate(other, None, held, [], changed, tmp_path / "eval", 0, modes=("greedy",))
 
 
