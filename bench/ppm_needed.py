@@ -147,9 +147,21 @@ def measured(rows: Sequence[dict[str, Any]], mode: str, topk_mode: str) -> dict[
     }
 
 
-def analyse(path: Path, mode: str, measured_mode: str, draws: int, top_k: int, seed: int) -> dict[str, Any]:
-    """Everything the table and the plot show for one results file."""
+def budgets_of(path: Path, mode: str) -> list[int]:
+    """The budgets (rollouts) a results file holds rows of `mode` for; SystemExit when it holds none."""
     rows = load_rows(path)
+    budgets = sorted({int(r["budget"]) for r in rows if r["mode"] == mode})
+    if not budgets:
+        raise SystemExit(f"{path}: no rows of mode {mode!r} (modes there: {sorted({r['mode'] for r in rows})})")
+    return budgets
+
+
+def analyse(
+    path: Path, mode: str, measured_mode: str, draws: int, top_k: int, seed: int, budget: int | None = None
+) -> dict[str, Any]:
+    """Everything the table and the plot show for one results file (one budget of it, when given: trees of
+    different sizes answer different questions)."""
+    rows = [r for r in load_rows(path) if budget is None or int(r["budget"]) == budget]
     trees = trees_of(rows, mode)
     if not trees:
         raise SystemExit(f"{path}: no rows of mode {mode!r} (modes there: {sorted({r['mode'] for r in rows})})")
@@ -282,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.results:
         if not p.exists():
             ap.error(f"no results file {p}")
-    results = [analyse(p, args.mode, args.measured, args.draws, args.top_k, args.seed) for p in args.results]
+    results = [  # one analysis per (file, budget)
+        analyse(p, args.mode, args.measured, args.draws, args.top_k, args.seed, budget)
+        for p in args.results
+        for budget in budgets_of(p, args.mode)
+    ]
     for res in results:
         print(table(res, args.top_k), end="\n\n")
     if args.json:

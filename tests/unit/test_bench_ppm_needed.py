@@ -89,12 +89,15 @@ def test_analyse_finds_where_a_judge_beats_the_vote_and_reads_the_measured_ppm(t
         pn.analyse(path, "beam", "mcts", draws=1, top_k=1, seed=0)
 
 
-def test_main_writes_json_and_plot(tmp_path: Path) -> None:
+def test_main_writes_json_and_plot_one_analysis_per_budget(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    small = [{**r, "budget": 3, "answers": r["answers"][:1], "sample_correct": r["sample_correct"][:1]} for r in ROWS]
+    path.write_text("\n".join(json.dumps(r) for r in ROWS + small) + "\n")
     out = tmp_path / "needed.json"
     assert pn.main(["--results", str(path), "--draws", "5", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
+    assert [(f["budgets"], f["problems"]) for f in data["files"]] == [([3], 5), ([8], 5)]  # trees never mixed
+    assert data["files"][0]["answers_per_tree"] == 0.8 and data["files"][1]["answers_per_tree"] == 3.0
     assert data["files"][0]["measured"] is None and len(data["files"][0]["curve"]) == len(pn.RANKINGS)
     assert out.with_suffix(".png").stat().st_size > 0
     with pytest.raises(SystemExit):
