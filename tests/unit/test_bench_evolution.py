@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.bench import load_bench
 
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_evolution", ROOT / "bench" / "evolution.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ev = _bench()
+ev = load_bench("evolution")
 B = ev.Budget(rounds=2, mcts_budget=3)
 
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_ppm_crosseval", ROOT / "bench" / "ppm_crosseval.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-xe = _bench()
+xe = load_bench("ppm_crosseval")
 
 
 def test_mixed_tree_stats_counts_only_trees_with_a_correct_and_a_wrong_answer() -> None:

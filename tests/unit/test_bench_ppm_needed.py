@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.bench import load_bench
 
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_ppm_needed", ROOT / "bench" / "ppm_needed.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pn = _bench()
+pn = load_bench("ppm_needed")
 
 
 def _row(mode: str, answers: list[str | None], grades: list[bool], pid: str, **kw: Any) -> dict[str, Any]:

@@ -8,25 +8,17 @@ import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.helpers.bench import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the bench scripts import each other as `bench.*`
 
 
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-probe = _load("ppm_probe")
-xe = _load("ppm_crosseval")
+probe = load_bench("ppm_probe")
+xe = load_bench("ppm_crosseval")
 
 
 def _world(tmp_path: Path) -> Path:
