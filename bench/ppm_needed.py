@@ -147,24 +147,26 @@ def measured(rows: Sequence[dict[str, Any]], mode: str, topk_mode: str) -> dict[
     }
 
 
-def budgets_of(path: Path, mode: str) -> list[int]:
-    """The budgets (rollouts) a results file holds rows of `mode` for; SystemExit when it holds none."""
+def analyse(path: Path, mode: str, measured_mode: str, draws: int, top_k: int, seed: int) -> list[dict[str, Any]]:
+    """Everything the table and the plot show for one results file, one analysis per budget it holds rows of `mode`
+    for (trees of different sizes answer different questions); SystemExit when it holds none."""
     rows = load_rows(path)
     budgets = sorted({int(r["budget"]) for r in rows if r["mode"] == mode})
     if not budgets:
         raise SystemExit(f"{path}: no rows of mode {mode!r} (modes there: {sorted({r['mode'] for r in rows})})")
-    return budgets
+    return [
+        analyse_budget(path, [r for r in rows if int(r["budget"]) == b], mode, measured_mode, draws, top_k, seed)
+        for b in budgets
+    ]
 
 
-def analyse(
-    path: Path, mode: str, measured_mode: str, draws: int, top_k: int, seed: int, budget: int | None = None
+def analyse_budget(
+    path: Path, rows: Sequence[dict[str, Any]], mode: str, measured_mode: str, draws: int, top_k: int, seed: int
 ) -> dict[str, Any]:
-    """Everything the table and the plot show for one results file (one budget of it, when given: trees of
-    different sizes answer different questions)."""
-    rows = [r for r in load_rows(path) if budget is None or int(r["budget"]) == budget]
+    """The analysis of one budget's rows of a results file (rows of `mode` among them)."""
+    from bench.ppm_crosseval import shown
+
     trees = trees_of(rows, mode)
-    if not trees:
-        raise SystemExit(f"{path}: no rows of mode {mode!r} (modes there: {sorted({r['mode'] for r in rows})})")
     rng = random.Random(seed)
     vote = vote_accuracy(trees)
     curve = []
@@ -184,7 +186,7 @@ def analyse(
 
     budgets = sorted({int(r["budget"]) for r in rows if r["mode"] == mode})
     return {
-        "results": shown(path),
+        "results": shown(path),  # repository-relative, as every bench result JSON records paths
         "mode": mode,
         "budgets": budgets,
         "problems": len(trees),
@@ -196,14 +198,6 @@ def analyse(
         "needed": {"best": needed("best"), "topk": needed("topk")},
         "measured": measured(rows, measured_mode, f"{measured_mode}-topk"),
     }
-
-
-def shown(path: Path) -> str:
-    """A path as the JSON records it: relative to the repository when inside it."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 def table(res: dict[str, Any], top_k: int) -> str:
@@ -294,10 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.results:
         if not p.exists():
             ap.error(f"no results file {p}")
-    results = [  # one analysis per (file, budget)
-        analyse(p, args.mode, args.measured, args.draws, args.top_k, args.seed, budget)
-        for p in args.results
-        for budget in budgets_of(p, args.mode)
+    results = [
+        res for p in args.results for res in analyse(p, args.mode, args.measured, args.draws, args.top_k, args.seed)
     ]
     for res in results:
         print(table(res, args.top_k), end="\n\n")

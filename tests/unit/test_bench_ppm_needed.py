@@ -65,7 +65,7 @@ def test_analyse_finds_where_a_judge_beats_the_vote_and_reads_the_measured_ppm(t
     ]  # fmt: skip
     path = tmp_path / "results.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS + measured) + "\n")
-    res = pn.analyse(path, "mcts-plain", "mcts", draws=200, top_k=1, seed=0)
+    (res,) = pn.analyse(path, "mcts-plain", "mcts", draws=200, top_k=1, seed=0)
     assert res["problems"] == 5 and res["vote"] == 0.6 and res["covered"] == 0.8 and res["mixed"] == 4
     curve = {c["ranking"]: c for c in res["curve"]}
     assert curve[1.0]["best_mean"] == 0.8 and curve[0.5]["best_mean"] < 0.59  # chance: 0.55, below the vote
