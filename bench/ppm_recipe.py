@@ -326,8 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / ".rstar" / "bench" / "ppm-recipe")
     ap.add_argument("--json", type=Path, default=None, help="write the report here (and the plot beside it, .png)")
     args = ap.parse_args(argv)
-    variants = {k: json.loads(v) for k, v in parse_named(args.variant, "--variant").items()}
+    variants: dict[str, Any] = {}
+    for name, text in parse_named(args.variant, "--variant").items():
+        try:
+            variants[name] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            ap.error(f"--variant {name}: settings are not JSON ({exc}): {text!r}")
     given = parse_named(args.ppm, "--ppm")
+    if set(variants) & set(given):
+        ap.error(f"a --ppm and a --variant share the name {sorted(set(variants) & set(given))[0]!r}")
     if variants and not (args.pairs and args.like):
         ap.error("--variant needs --pairs and --like")
     if not variants and not given:

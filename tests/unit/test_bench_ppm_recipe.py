@@ -128,3 +128,21 @@ def test_steps_that_differ_only_in_wording_run_the_same_program() -> None:
     )
     kept = pr.drop_same_program_steps(pairs)
     assert kept["w"].to_list() == [2, 3, 4]  # final pairs stay: whole trajectories, graded by their answers
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to judge"),
+        (["--variant", "a={not json"], "settings are not JSON"),
+        (["--variant", "a=[1]", "--pairs", "p", "--like", "l"], "must be a JSON object"),
+        (["--variant", "a={}"], "needs --pairs and --like"),
+        (["--variant", "a={}", "--ppm", "a=x", "--pairs", "p", "--like", "l"], "share the name 'a'"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        pr.main(["--run", str(tmp_path), "--world", str(tmp_path), *argv])
+    assert message in capsys.readouterr().err
