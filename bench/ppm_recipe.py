@@ -276,7 +276,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     judges = [j for j in report["judges"] if j["stats"]["ranking"] is not None]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.5 * len(judges) + 2.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.5 * len(judges) + 3.4))
     ys = list(range(len(judges)))[::-1]
     for y, j in zip(ys, judges, strict=True):
         s = j["stats"]
@@ -293,7 +293,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.set_yticks(ys, [j["name"] for j in judges])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     ax1.set_xlabel("ranks a correct answer above a wrong one (90 % CI over trees)")
     ax2.set_xlabel("accuracy % on the same trees")
     fig.suptitle(
