@@ -62,8 +62,6 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 def trees_of(rows: Sequence[dict[str, Any]], mode: str) -> list[Tree]:
     """The trees of `mode`'s rows, answers reduced to the grader's equivalence key (what the vote groups by)."""
-    from rstar.verify.answer import answer_key
-
     out = []
     for r in rows:
         if r["mode"] != mode:
@@ -71,9 +69,16 @@ def trees_of(rows: Sequence[dict[str, Any]], mode: str) -> list[Tree]:
         answers, correct = list(r["answers"] or []), list(r["sample_correct"] or [])
         if len(answers) != len(correct):
             raise ValueError(f"problem {r['problem_id']}: {len(answers)} answers but {len(correct)} grades")
-        keys = tuple(None if a is None or not str(a).strip() else answer_key(str(a)) for a in answers)
-        out.append(Tree(keys, tuple(bool(c) for c in correct)))
+        out.append(make_tree(answers, correct))
     return out
+
+
+def make_tree(answers: Sequence[Any], correct: Sequence[Any]) -> Tree:
+    """A tree from its answers (reduced to the grader's equivalence key; blank: None) and their grades."""
+    from rstar.verify.answer import answer_key
+
+    keys = tuple(None if a is None or not str(a).strip() else answer_key(str(a)) for a in answers)
+    return Tree(keys, tuple(bool(c) for c in correct))
 
 
 def judge_mean(ranking: float) -> float:
@@ -160,15 +165,9 @@ def analyse(path: Path, mode: str, measured_mode: str, draws: int, top_k: int, s
     ]
 
 
-def analyse_budget(
-    path: Path, rows: Sequence[dict[str, Any]], mode: str, measured_mode: str, draws: int, top_k: int, seed: int
-) -> dict[str, Any]:
-    """The analysis of one budget's rows of a results file (rows of `mode` among them)."""
-    from bench.ppm_crosseval import shown
-
-    trees = trees_of(rows, mode)
+def judge_curve(trees: Sequence[Tree], draws: int, top_k: int, seed: int) -> list[dict[str, float]]:
+    """Per simulated ranking accuracy: each rule's mean accuracy over `draws` judges and its 5-95 % range."""
     rng = random.Random(seed)
-    vote = vote_accuracy(trees)
     curve = []
     for a in RANKINGS:
         sim = simulate(trees, a, draws, top_k, rng)
@@ -180,9 +179,25 @@ def analyse_budget(
                 **{f"{rule}_p95": _pct(xs, 0.95) for rule, xs in sim.items()},
             }
         )
+    return curve
 
-    def needed(rule: str) -> float | None:  # the smallest simulated ranking at which the rule beats the vote
-        return next((c["ranking"] for c in curve if c[f"{rule}_mean"] > vote + 1e-9), None)
+
+def needed(curve: Sequence[dict[str, float]], vote: float) -> dict[str, float | None]:
+    """Per rule, the smallest simulated ranking at which its mean accuracy beats the vote (None: never)."""
+    return {
+        rule: next((c["ranking"] for c in curve if c[f"{rule}_mean"] > vote + 1e-9), None) for rule in ("best", "topk")
+    }
+
+
+def analyse_budget(
+    path: Path, rows: Sequence[dict[str, Any]], mode: str, measured_mode: str, draws: int, top_k: int, seed: int
+) -> dict[str, Any]:
+    """The analysis of one budget's rows of a results file (rows of `mode` among them)."""
+    from bench.ppm_crosseval import shown
+
+    trees = trees_of(rows, mode)
+    vote = vote_accuracy(trees)
+    curve = judge_curve(trees, draws, top_k, seed)
 
     budgets = sorted({int(r["budget"]) for r in rows if r["mode"] == mode})
     return {
@@ -195,7 +210,7 @@ def analyse_budget(
         "mixed": sum(any(t.correct) and not all(t.correct) for t in trees),
         "vote": vote,
         "curve": curve,
-        "needed": {"best": needed("best"), "topk": needed("topk")},
+        "needed": needed(curve, vote),
         "measured": measured(rows, measured_mode, f"{measured_mode}-topk"),
     }
 

@@ -51,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from bench.ppm_crosseval import shown  # noqa: E402  (after the path insert: the bench runs as a script)
-from bench.ppm_needed import Tree  # noqa: E402
+from bench.ppm_needed import Tree, make_tree  # noqa: E402
 
 
 def digest(obj: Any) -> str:
@@ -97,10 +97,7 @@ def validation_problems(world_dir: Path, offset: int, n: int) -> list[Any]:
 
 
 def tree_of(row: dict[str, Any]) -> Tree:
-    from rstar.verify.answer import answer_key
-
-    keys = tuple(None if a is None or not str(a).strip() else answer_key(str(a)) for a in row["answers"])
-    return Tree(keys, tuple(bool(c) for c in row["correct"]))
+    return make_tree(row["answers"], row["correct"])
 
 
 def grow_trees(problems: Sequence[Any], policy: str, cfg: Any, budget: int, path: Path) -> list[dict[str, Any]]:
@@ -213,18 +210,9 @@ def judge_stats(
 
 def needed_ranking(trees: Sequence[Tree], top_k: int, draws: int, seed: int) -> dict[str, float | None]:
     """The smallest simulated ranking (`bench/ppm_needed.py`) at which each rule beats the vote on these trees."""
-    import statistics
+    from bench.ppm_needed import judge_curve, needed, vote_accuracy
 
-    from bench.ppm_needed import RANKINGS, simulate, vote_accuracy
-
-    vote, rng = vote_accuracy(trees), random.Random(seed)
-    out: dict[str, float | None] = {"best": None, "topk": None}
-    for a in RANKINGS:
-        sim = simulate(trees, a, draws, top_k, rng)
-        for rule in out:
-            if out[rule] is None and statistics.fmean(sim[rule]) > vote + 1e-9:
-                out[rule] = a
-    return out
+    return needed(judge_curve(trees, draws, top_k, seed), vote_accuracy(trees))
 
 
 def parse_named(items: Sequence[str], what: str) -> dict[str, str]:
