@@ -165,7 +165,7 @@ def judge_stats(
     """A judge on fixed trees: pairwise ranking (ties half) with a 90 % bootstrap interval over mixed trees, and the
     accuracy of the highest-score and top-k rules; the vote and coverage of the same trees for comparison."""
     from bench.ppm_needed import _identity, vote_accuracy
-    from rstar.eval.metrics import best_by_score, top_k_majority
+    from rstar.eval.metrics import best_by_score, pairs_won, top_k_majority
 
     if len(trees) != len(scores):
         raise ValueError(f"{len(trees)} trees but {len(scores)} score lists")
@@ -179,11 +179,9 @@ def judge_stats(
         best += i is not None and t.correct[i]
         j = top_k_majority(t.keys, sc, top_k, key=_identity).first_index
         topk += j is not None and t.correct[j]
-        good = [x for x, ok in zip(sc, t.correct, strict=True) if ok and x is not None]
-        bad = [x for x, ok in zip(sc, t.correct, strict=True) if not ok and x is not None]
-        if good and bad:
-            won = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g in good for b in bad)
-            per_tree.append((won, len(good) * len(bad)))
+        won, pairs = pairs_won((x, ok) for x, ok in zip(sc, t.correct, strict=True) if x is not None)
+        if pairs:
+            per_tree.append((won, pairs))
     n = max(1, len(trees))
     out: dict[str, Any] = {
         "trees": len(trees),

@@ -252,13 +252,20 @@ def ranking_accuracy(rs: Iterable[ProblemResult]) -> float | None:
             for a, s, ok in zip(r.answers, r.scores, r.sample_correct, strict=True)
             if a is not None and s is not None
         ]
-        good = [s for s, ok in scored if ok]
-        bad = [s for s, ok in scored if not ok]
-        for g in good:
-            for b in bad:
-                pairs += 1
-                won += 1.0 if g > b else 0.5 if g == b else 0.0
+        w, n = pairs_won(scored)
+        won += w
+        pairs += n
     return won / pairs if pairs else None
+
+
+def pairs_won(scored: Iterable[tuple[float, bool]]) -> tuple[float, int]:
+    """Of one problem's (score, correct) samples: the (correct, wrong) pairs the scores order right (ties count
+    half) and how many such pairs there are."""
+    items = list(scored)
+    good = [s for s, ok in items if ok]
+    bad = [s for s, ok in items if not ok]
+    won = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g in good for b in bad)
+    return won, len(good) * len(bad)
 
 
 def breakdown(results: Iterable[ProblemResult], by: str) -> list[dict[str, Any]]:
