@@ -38,7 +38,11 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--policy", required=True, help="policy model spec (hf:PATH, tiny, smollm2-135m, openai:URL#MODEL)")
-    p.add_argument("--ppm", default=None, help="process preference model spec (needed by bon, beam, mcts, mcts-topk)")
+    p.add_argument(
+        "--ppm",
+        default=None,
+        help="process preference model spec (needed by bon, wmaj, beam, mcts, mcts-topk, mcts-wmaj)",
+    )
     p.add_argument(
         "--benchmarks",
         default="math500",
@@ -49,7 +53,7 @@ def register(subparsers: Any) -> None:
         "--modes",
         dest="modes",
         default="greedy",
-        help="comma-separated modes: greedy, maj, bon, beam, mcts, mcts-topk, mcts-plain (default greedy)",
+        help="comma-separated modes: greedy, maj, bon, wmaj, beam, mcts, mcts-topk, mcts-wmaj, mcts-plain (default greedy)",
     )
     p.add_argument(
         "--budget", type=int, default=None, help="samples / beam width / rollouts (default 8; greedy ignores it)"

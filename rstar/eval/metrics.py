@@ -7,6 +7,10 @@ Everything here is pure and deterministic so that tests can check it exactly wit
   first member came earliest in sample order (sample i is drawn with a seed derived from the problem id and i, so
   the order, and therefore the winner, is reproducible). The winning group's first answer string is the prediction.
 - `best_by_score(answers, scores)`: the highest-scoring sample that has an answer; ties to the earliest sample.
+- `top_k_majority(answers, scores, k)`: the majority of the k highest-scoring samples (the reference's MCTS rule).
+- `weighted_majority(answers, scores)`: every scored answer votes with weight `(1 + score) / 2` (a PPM's tanh score
+  as a probability), so the PPM discounts the trajectories it judges wrong without ignoring how often an answer
+  was reached.
 - `pass_at_k(n, c, k)`: the unbiased estimator of Chen et al. (2021), `1 - C(n-c, k) / C(n, k)`: the probability that
   at least one of k samples drawn without replacement from the n generated (c of them correct) is correct.
 - `summarize(results)`: one `CellSummary` per (benchmark, mode, budget): accuracy (errors count as wrong), mean
@@ -20,6 +24,7 @@ Everything here is pure and deterministic so that tests can check it exactly wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,7 +56,7 @@ class ProblemResult:
     level: str | None = None
     subject: str | None = None
     score: float | None = None  # PPM score of the trajectory whose answer was picked (BoN, beam, MCTS)
-    votes: int | None = None  # support of the picked answer (maj, mcts-topk)
+    votes: int | None = None  # support of the picked answer (maj, wmaj, mcts-topk, mcts-wmaj)
     answers: tuple[str | None, ...] = ()
     scores: tuple[float | None, ...] = ()
     sample_correct: tuple[bool, ...] = ()  # per sample of `answers`: graded correct (empty: not recorded)
@@ -153,6 +158,50 @@ def top_k_majority(answers: Sequence[str | None], scores: Sequence[float | None]
     return Vote(vote.answer, vote.count, vote.voters, first, vote.tally)
 
 
+def score_weight(score: float) -> float:
+    """A PPM score's vote in `weighted_majority`: `(1 + s) / 2`, s clipped to [-1, 1].
+
+    The PPM's inference score is `tanh(r)` of its Bradley-Terry reward r, so the weight is `sigmoid(2r)`: the modelled
+    probability that the trajectory beats a neutral one. A trajectory the PPM rejects outright (s = -1) adds nothing,
+    one it is sure of (s = 1) a full vote, and a PPM without an opinion (every s = 0) gives every answer half a vote,
+    which is the plain majority vote.
+    """
+    return (1.0 + min(1.0, max(-1.0, float(score)))) / 2.0
+
+
+def weighted_majority(answers: Sequence[str | None], scores: Sequence[float | None], key=None) -> Vote:
+    """PPM-weighted majority vote: each scored answer votes with `score_weight(score)` for its equivalence group.
+
+    The verifier-weighted vote of DiVeRSe (Li et al., 2023) and Math-Shepherd (Wang et al., 2024): it keeps the vote's use of how
+    often the policy reaches an answer and lets the PPM discount the trajectories it judges wrong, so a judge too
+    noisy to pick one trajectory (`best_by_score`) can still move a close vote. Samples without an answer or a finite
+    score do not vote. Ties in total weight go to the larger group, then to the group whose first member came
+    earliest. `count` is the winning group's size (not its weight); `tally` counts members per group.
+    """
+    if len(answers) != len(scores):
+        raise ValueError("answers and scores must have the same length")
+    keyf = key if key is not None else _default_key
+    groups: dict[str, list[int]] = {}
+    weight: dict[str, float] = {}
+    for i, (a, s) in enumerate(zip(answers, scores, strict=True)):
+        if a is None or not str(a).strip() or s is None or not math.isfinite(float(s)):
+            continue
+        k = keyf(a)
+        groups.setdefault(k, []).append(i)
+        weight[k] = weight.get(k, 0.0) + score_weight(s)
+    if not groups:
+        return Vote(None, 0, 0, None, {})
+    best_key = max(groups, key=lambda k: (round(weight[k], 12), len(groups[k]), -groups[k][0]))
+    first = groups[best_key][0]
+    return Vote(
+        answer=answers[first],
+        count=len(groups[best_key]),
+        voters=sum(len(v) for v in groups.values()),
+        first_index=first,
+        tally={k: len(v) for k, v in groups.items()},
+    )
+
+
 def _default_key(answer: str) -> str:
     from rstar.verify.answer import answer_key
 
@@ -195,7 +244,7 @@ class CellSummary:
 
 
 def mode_label(mode: str, budget: int) -> str:
-    """`greedy`, `maj@8`, `bon@16`, `beam@4`, `mcts@8`, `mcts-topk@8`."""
+    """`greedy`, `maj@8`, `bon@16`, `wmaj@16`, `beam@4`, `mcts@8`, `mcts-topk@8`, `mcts-wmaj@8`."""
     return mode if mode == "greedy" else f"{mode}@{budget}"
 
 

@@ -27,7 +27,7 @@ from rstar.eval.metrics import CellSummary, ProblemResult, breakdown, mode_label
 
 RESULTS_SCHEMA: dict[str, pl.DataType] = {
     "benchmark": pl.Utf8(),
-    "mode": pl.Utf8(),  # greedy | maj | bon | beam | mcts | mcts-topk | mcts-plain
+    "mode": pl.Utf8(),  # greedy | maj | bon | wmaj | beam | mcts | mcts-topk | mcts-wmaj | mcts-plain
     "budget": pl.Int32(),  # samples (maj, bon), beam width (beam), rollouts (mcts); 1 for greedy
     "problem_id": pl.Utf8(),
     "problem": pl.Utf8(),  # the question text
@@ -41,7 +41,7 @@ RESULTS_SCHEMA: dict[str, pl.DataType] = {
     "level": pl.Utf8(),
     "subject": pl.Utf8(),
     "score": pl.Float64(),  # PPM score of the picked trajectory (bon, beam, mcts)
-    "votes": pl.Int32(),  # support of the picked answer (maj, mcts-topk)
+    "votes": pl.Int32(),  # support of the picked answer (maj, wmaj, mcts-topk, mcts-wmaj)
     "answers": pl.List(pl.Utf8()),  # every sample's answer, in sample order (null: none)
     "scores": pl.List(pl.Float64()),  # their PPM scores where scored
     "sample_correct": pl.List(pl.Boolean()),  # each sample's grade (empty in results written before it existed)

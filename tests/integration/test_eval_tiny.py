@@ -50,16 +50,18 @@ def test_every_mode_on_math500_with_a_tiny_model(tiny: Path, shared_data: Path, 
         "greedy",
         "maj@2",
         "bon@2",
+        "wmaj@2",
         "beam@2",
         "mcts@2",
         "mcts-topk@2",
+        "mcts-wmaj@2",
         "mcts-plain@2",
     ]
     for s in report.summaries:
         assert s.problems == 10 and s.errors == 0 and 0.0 <= s.accuracy <= 1.0
         assert s.mean_tokens > 0 and s.total_wall_time_s > 0
     df = read_results(tmp_path / "results.parquet")
-    assert df.schema == pl.Schema(RESULTS_SCHEMA) and df.height == 70
+    assert df.schema == pl.Schema(RESULTS_SCHEMA) and df.height == 90
     assert df["benchmark"].unique().to_list() == ["math500"] and df["level"].null_count() == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["policy"] == "tiny-test" and summary["ppm"] == "tiny-ppm-untrained"
@@ -68,7 +70,7 @@ def test_every_mode_on_math500_with_a_tiny_model(tiny: Path, shared_data: Path, 
     table = (tmp_path / "table.md").read_text()
     assert "### math500 by level" in table and "### math500 by subject" in table
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 70
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 90
 
 
 def test_cot_format_and_cli_on_a_tiny_model(

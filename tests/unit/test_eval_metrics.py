@@ -15,8 +15,10 @@ from rstar.eval.metrics import (
     mode_label,
     pass_at_k,
     ranking_accuracy,
+    score_weight,
     summarize,
     top_k_majority,
+    weighted_majority,
 )
 
 
@@ -93,6 +95,28 @@ def test_top_k_majority_votes_among_the_k_best_scored() -> None:
     assert top_k_majority(answers, scores, 5).answer == "a"
     with pytest.raises(ValueError):
         top_k_majority(answers, scores, 0)
+
+
+def test_weighted_majority_sums_score_weights_per_equivalence_group() -> None:
+    assert [score_weight(s) for s in (-1.0, 0.0, 0.5, 1.0, 3.0, -7.0)] == [0.0, 0.5, 0.75, 1.0, 1.0, 0.0]
+    # 1/2 and 0.5 are one answer: 0.9 + 0.8 = 1.7 beats the single best-scored "2" (0.99 -> 0.995)
+    vote = weighted_majority(["2", "1/2", "0.5", "3"], [0.99, 0.8, 0.6, 0.1])
+    assert (vote.answer, vote.count, vote.voters, vote.first_index) == ("1/2", 2, 4, 1)
+    # a frequent answer the PPM rejects loses to a rare one it trusts: "7" x3 at -0.9 (0.15 total) vs "8" at 0.5 (0.75)
+    vote = weighted_majority(["7", "7", "8", "7"], [-0.9, -0.9, 0.5, -0.9])
+    assert (vote.answer, vote.first_index) == ("8", 2)
+    # an indifferent PPM (all 0) is the plain vote, ties included (to the group that appeared first)
+    for answers in (["3", "5", "5", "3"], ["a", "b", "b", "c"], ["x", None, "y"]):
+        assert weighted_majority(answers, [0.0] * len(answers)).first_index == majority_vote(answers).first_index
+    # equal weight: the larger group, then the earlier group
+    assert weighted_majority(["a", "b", "b"], [1.0, 0.0, 0.0]).answer == "b"
+    assert weighted_majority(["a", "b"], [0.2, 0.2]).answer == "a"
+    # no answer, no score or a non-finite score: no vote
+    vote = weighted_majority([None, "4", "5", "6"], [1.0, None, float("nan"), -0.5])
+    assert (vote.answer, vote.voters) == ("6", 1)
+    assert weighted_majority([None], [0.3]).answer is None
+    with pytest.raises(ValueError):
+        weighted_majority(["1"], [0.1, 0.2])
 
 
 def _r(mode: str, budget: int, correct: bool, n: int, c: int, **kw: object) -> ProblemResult:

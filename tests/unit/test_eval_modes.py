@@ -97,8 +97,9 @@ def ctx_for(policy: SeedPolicy, ppm: FunctionRewardModel | None = None, **cfg: o
 
 
 def test_mode_names_and_aliases() -> None:
-    assert set(MODES) == {"greedy", "maj", "bon", "beam", "mcts", "mcts-topk", "mcts-plain"}
+    assert set(MODES) == {"greedy", "maj", "bon", "wmaj", "beam", "mcts", "mcts-topk", "mcts-wmaj", "mcts-plain"}
     assert resolve_mode("Majority") == "maj" and resolve_mode("best-of-n") == "bon"
+    assert resolve_mode("weighted-maj") == "wmaj" and resolve_mode("MCTS-weighted") == "mcts-wmaj"
     with pytest.raises(ValueError, match="greedy, maj, bon"):
         resolve_mode("dvts")
 
@@ -180,6 +181,30 @@ def test_best_of_n_picks_the_highest_ppm_score() -> None:
     assert cell.mixed == 1 and cell.ranking_accuracy is not None
 
 
+def test_weighted_majority_shares_best_of_n_samples_and_scores() -> None:
+    # p1 answers 3, 5, 5, 3. Best-of-4 takes sample 0 ("3", 0.9); the weighted vote sums (1 + s) / 2 per answer:
+    # "3": 0.95 + 0.0 = 0.95, "5": 0.6 + 0.6 = 1.2, so "5" wins although the single best score is a "3".
+    ppm = scripted_ppm({"sample 0": 0.9, "sample 1": 0.2, "sample 2": 0.2, "sample 3": -1.0})
+    policy = one_step_policy()
+    ctx = ctx_for(policy, ppm)
+    (best,) = MODES["bon"]([P1], ctx, 4)
+    calls, scored = policy.calls, ppm.prefixes
+    (weighted,) = MODES["wmaj"]([P1], ctx, 4)
+    assert (best.prediction, best.correct) == ("3", False)
+    assert (weighted.prediction, weighted.correct, weighted.votes, weighted.score) == ("5", True, 2, 0.2)
+    assert weighted.answers == best.answers and weighted.scores == best.scores
+    assert (policy.calls, ppm.prefixes) == (calls, scored)  # one sampling and one scoring serve both rules
+    with pytest.raises(EvalError, match="PPM"):
+        MODES["wmaj"]([P1], ctx_for(one_step_policy()), 4)
+
+
+def test_weighted_majority_with_an_indifferent_ppm_is_the_plain_vote() -> None:
+    ppm = scripted_ppm({})  # every score 0: half a vote each
+    r1, r2 = MODES["wmaj"]([P1, P2], ctx_for(one_step_policy(), ppm), 4)
+    m1, m2 = MODES["maj"]([P1, P2], ctx_for(one_step_policy()), 4)
+    assert (r1.prediction, r2.prediction) == (m1.prediction, m2.prediction) == ("3", "\\frac{1}{2}")
+
+
 def test_best_of_n_ties_go_to_the_earlier_sample_and_need_a_ppm() -> None:
     ppm = scripted_ppm({"sample 0": 0.5, "sample 1": 0.5, "sample 2": 0.5, "sample 3": 0.5})
     (r,) = MODES["bon"]([P1], ctx_for(one_step_policy(), ppm), 4)
@@ -243,9 +268,12 @@ def test_mcts_answer_rules_on_a_known_tree() -> None:
     ctx.cache[("mcts", 4, ("p1",))] = [_outcome(["1", "2", "5", "5", "7"], [0.95, 0.2, 0.8, 0.7, -0.3])]
     (best,) = MODES["mcts"]([P1], ctx, 4)
     (topk,) = MODES["mcts-topk"]([P1], ctx, 4)
+    (weighted,) = MODES["mcts-wmaj"]([P1], ctx, 4)
     assert (best.prediction, best.correct, best.score) == ("1", False, 0.95)
     assert (topk.prediction, topk.correct, topk.votes, topk.score) == ("5", True, 2, 0.8)
-    for r in (best, topk):
+    # weights (1 + s) / 2: "1" 0.975, "2" 0.6, "5" 0.9 + 0.85 = 1.75, "7" 0.35
+    assert (weighted.prediction, weighted.correct, weighted.votes, weighted.score) == ("5", True, 2, 0.8)
+    for r in (best, topk, weighted):
         assert (r.n_samples, r.n_correct, r.tokens, r.wall_time_s) == (5, 2, 40, 0.5)
     assert ctx.policy.calls == 0  # type: ignore[attr-defined]
 

@@ -5,9 +5,11 @@
 | `greedy` | `greedy` | (ignored, 1) | the single temperature-0 trajectory's answer |
 | `maj` | `majority` | samples k | most common answer by equivalence class (maj@k) |
 | `bon` | `best_of_n` | samples N | answer of the trajectory the PPM scores highest |
+| `wmaj` | `best_of_n` | samples N | PPM-weighted majority over the same scored samples (weight `(1 + score) / 2`) |
 | `beam` | `beam` | beam width | highest-PPM finished trajectory of a step-level beam search |
 | `mcts` | `mcts` | rollouts | highest-PPM answer trajectory of a PPM-guided MCTS (the paper) |
 | `mcts-topk` | `mcts` | rollouts | majority over the top-K PPM-ranked answers of the same MCTS (the reference) |
+| `mcts-wmaj` | `mcts` | rollouts | PPM-weighted majority over every answer of the same MCTS |
 | `mcts-plain` | `mcts` | rollouts | majority over the answers of an MCTS run without the PPM (the baseline) |
 
 Each is `run(problems, ctx, budget) -> list[ProblemResult]`; see `rstar.eval.modes.base`.
@@ -28,9 +30,11 @@ MODES: dict[str, ModeFn] = {
     "greedy": greedy.run,
     "maj": majority.run,
     "bon": best_of_n.run,
+    "wmaj": best_of_n.run_weighted,
     "beam": beam.run,
     "mcts": mcts.run_best,
     "mcts-topk": mcts.run_topk,
+    "mcts-wmaj": mcts.run_weighted,
     "mcts-plain": mcts.run_plain,
 }
 ALIASES: dict[str, str] = {
@@ -42,8 +46,12 @@ ALIASES: dict[str, str] = {
     "mcts_topk": "mcts-topk",
     "mcts-top-k": "mcts-topk",
     "mcts_plain": "mcts-plain",
+    "weighted-maj": "wmaj",
+    "weighted_maj": "wmaj",
+    "mcts_wmaj": "mcts-wmaj",
+    "mcts-weighted": "mcts-wmaj",
 }
-PPM_MODES = frozenset({"bon", "beam", "mcts", "mcts-topk"})
+PPM_MODES = frozenset({"bon", "wmaj", "beam", "mcts", "mcts-topk", "mcts-wmaj"})
 BUDGETLESS_MODES = frozenset({"greedy"})
 
 

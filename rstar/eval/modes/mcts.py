@@ -2,11 +2,13 @@
 
 The budget is the number of rollouts per problem. In eval mode there is no gold: every answer terminal is scored by
 the PPM on its full trajectory and that score is backed up; new nodes start from their PPM score (the paper's
-test-time search). The search runs once per (batch, budget) and both answer rules read the same tree:
+test-time search). The search runs once per (batch, budget) and every PPM answer rule reads the same tree:
 
 - `mcts` (the paper): the answer of the answer terminal with the highest PPM score (ties: created first).
 - `mcts-topk` (the reference implementation): majority vote, by the grader's equivalence key, over the
   `config.top_k` highest-scoring answer terminals; ties go to the higher-ranked answer.
+- `mcts-wmaj`: PPM-weighted majority over every answer terminal of the same tree (each votes with `(1 + score) / 2`,
+  `rstar.eval.metrics.weighted_majority`): the vote's use of answer frequency, discounted by the PPM's judgement.
 - `mcts-plain` (the baseline): the same search at the same budget *without* the PPM (every score 0, so UCT explores
   by visit counts), answered by majority vote over all its answer terminals. "PPM-guided MCTS beats plain MCTS at
   equal budget" compares `mcts` with this.
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from rstar.eval.engine import EvalError
-from rstar.eval.metrics import ProblemResult, best_by_score, majority_vote, top_k_majority
+from rstar.eval.metrics import ProblemResult, best_by_score, majority_vote, top_k_majority, weighted_majority
 from rstar.eval.modes.base import EvalContext, Grades, make_result
 from rstar.types import Problem
 
@@ -147,6 +149,15 @@ def run_topk(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list
     for p, o in zip(problems, search(problems, ctx, budget), strict=True):
         vote = top_k_majority(o.answers, o.scores, ctx.config.top_k)
         out.append(_result(p, "mcts-topk", budget, o, vote.first_index, vote.count if vote.answer else None))
+    return out
+
+
+def run_weighted(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list[ProblemResult]:
+    """PPM-weighted majority over every answer terminal of the PPM-guided tree."""
+    out = []
+    for p, o in zip(problems, search(problems, ctx, budget), strict=True):
+        vote = weighted_majority(o.answers, o.scores)
+        out.append(_result(p, "mcts-wmaj", budget, o, vote.first_index, vote.count if vote.answer else None))
     return out
 
 
