@@ -121,10 +121,27 @@ class EvalOptions(_Params):
         default_factory=lambda: ["gsm8k"],
         description="built-in benchmark names (math500, gsm8k, aime2024, amc2023) or paths to problem files",
     )
-    mode: str = Field(default="greedy", description="inference mode: greedy, maj, best_of_n, beam, mcts")
+    mode: str = Field(
+        default="greedy",
+        description="inference mode(s), comma-separated: greedy, maj, bon, wmaj, beam, mcts, mcts-topk, mcts-wmaj, "
+        "mcts-plain (docs/evaluation.md)",
+    )
     budget: int = Field(default=1, ge=1, description="samples / rollouts per problem for the sampling modes")
     limit: int | None = Field(default=None, ge=1, description="problems per benchmark (None: all)")
     extra: dict[str, Any] = Field(default_factory=dict, description="further evaluation options, passed through")
+
+    @field_validator("mode")
+    @classmethod
+    def _known_modes(cls, v: str) -> str:
+        """Fail when the run is submitted, not at the end of its first round, on a mode the harness does not know."""
+        from rstar.eval.modes import resolve_mode
+
+        names = [m for m in v.split(",") if m.strip()]
+        if not names:
+            raise ValueError("name at least one inference mode")
+        for m in names:
+            resolve_mode(m)  # ValueError listing the modes
+        return v
 
 
 class RoundParams(_Params):
@@ -315,10 +332,7 @@ def final_ppm_params(evo: EvolutionParams, k: int, last: PreviousRound) -> Round
     p = round_params(evo, k, last)
     if evo.final_ppm_problems is not None:  # another problem set: the last round's unsolved list does not apply
         p = p.model_copy(update={"problems": evo.final_ppm_problems, "problem_limit": None, "boost": None})
-    try:
-        judged = any(resolve_mode(m) in PPM_MODES for m in evo.evaluation.mode.split(",") if m.strip())
-    except ValueError:
-        judged = True  # an unknown mode: let the evaluation say so, as in every other round
+    judged = any(resolve_mode(m) in PPM_MODES for m in evo.evaluation.mode.split(",") if m.strip())
     return p.model_copy(
         update={
             "search": p.search.model_copy(update={"mode": "terminal"}),

@@ -92,6 +92,10 @@ def test_the_final_ppm_round_searches_with_the_final_policy_and_trains_only_its_
 
 
 def test_parameters_are_validated() -> None:
+    assert EvalOptions(mode="greedy, MCTS-weighted,wmaj").mode == "greedy, MCTS-weighted,wmaj"
+    for bad in ("dvts", "greedy,mcts-top2", " , "):
+        with pytest.raises(ValidationError, match="mode"):
+            EvalOptions(mode=bad)
     with pytest.raises(ValidationError):
         RoundParams(problems="x.jsonl", policy="fake:oracle", max_failed_shard_fraction=1.5)
     with pytest.raises(ValidationError):
