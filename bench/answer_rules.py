@@ -1,9 +1,10 @@
 """Every PPM answer rule on the same PPM-guided trees, against plain MCTS: a re-reading of finished evaluations.
 
+    R=bench/results
     .venv/bin/python bench/answer_rules.py \
-        --compare seed0-final256@8=bench/results/mcts8-wide-seed0-final256.results.jsonl \
-        --compare seed0-final512@8=bench/results/mcts8-wide-seed0-final512.results.jsonl,bench/results/mcts8-wide-seed0-final256.results.jsonl \
-        --json bench/results/answer-rules-wide.json          # seconds; the PNG goes beside the JSON
+        --compare final256=$R/mcts8-wide-seed0-final256.results.jsonl \
+        --compare final512=$R/mcts8-wide-seed0-final512.results.jsonl,$R/mcts8-wide-seed0-final256.results.jsonl \
+        --json /tmp/answer-rules.json          # seconds; the PNG goes beside the JSON
 
 An `rstar eval` results file (`results.parquet` or `results.jsonl`) keeps, for every problem of a PPM-guided search
 (`mcts` rows), each answer terminal's answer, PPM score and grade. So every answer rule of the product
@@ -15,9 +16,9 @@ An `rstar eval` results file (`results.parquet` or `results.jsonl`) keeps, for e
 - `mcts-vote`: the plain majority of the PPM-guided tree's answers (the PPM only steered the search);
 
 each against the plain search's majority vote (`mcts-plain` rows of the same file or of the files listed after it:
-same problems, same budget). A comparison is `LABEL=GUIDED[,PLAIN...]`. Rules the file already holds as rows (`mcts`, `mcts-topk`) are
-recomputed and must reproduce the stored predictions' grades (a mismatch stops the script: the file was not written
-by these rules). Per rule: accuracy, the problems only it / only plain MCTS got right, and the two-sided exact sign
+same problems, same budget). A comparison is `LABEL=GUIDED[,PLAIN...]`. Rules the files already hold as rows
+(`mcts`, `mcts-topk`, `mcts-plain`) are recomputed and must reproduce the stored predictions' grades (a mismatch
+stops the script: the file was not written by these rules). Per rule: accuracy, the problems only it / only plain MCTS got right, and the two-sided exact sign
 test p over those discordant problems (how likely so lopsided a split is if the rule and plain MCTS were equally
 good on these problems; it says nothing about another seed).
 """

@@ -108,16 +108,24 @@ class Vote:
 
 def majority_vote(answers: Sequence[str | None], key: Callable[[str], str] | None = None) -> Vote:
     """Most common answer by equivalence key; ties to the group that appeared first; None answers do not vote."""
+    return _vote(answers, [1.0] * len(answers), key)
+
+
+def _vote(answers: Sequence[str | None], weights: Sequence[float | None], key: Callable[[str], str] | None) -> Vote:
+    """The vote both rules share: groups by equivalence key, the largest total weight wins, then the larger group,
+    then the group whose first member came earliest; answers that are blank or weighted None do not vote."""
     keyf = key if key is not None else _default_key
     groups: dict[str, list[int]] = {}
-    for i, a in enumerate(answers):
-        if a is None or not str(a).strip():
+    total: dict[str, float] = {}
+    for i, (a, w) in enumerate(zip(answers, weights, strict=True)):
+        if a is None or not str(a).strip() or w is None:
             continue
-        groups.setdefault(keyf(a), []).append(i)
+        k = keyf(a)
+        groups.setdefault(k, []).append(i)
+        total[k] = total.get(k, 0.0) + w
     if not groups:
         return Vote(None, 0, 0, None, {})
-    # max over (count, -first index): the largest group, the earliest among equals.
-    best_key = max(groups, key=lambda k: (len(groups[k]), -groups[k][0]))
+    best_key = max(groups, key=lambda k: (round(total[k], 12), len(groups[k]), -groups[k][0]))
     first = groups[best_key][0]
     return Vote(
         answer=answers[first],
@@ -172,34 +180,16 @@ def score_weight(score: float) -> float:
 def weighted_majority(answers: Sequence[str | None], scores: Sequence[float | None], key=None) -> Vote:
     """PPM-weighted majority vote: each scored answer votes with `score_weight(score)` for its equivalence group.
 
-    The verifier-weighted vote of DiVeRSe (Li et al., 2023) and Math-Shepherd (Wang et al., 2024): it keeps the vote's use of how
-    often the policy reaches an answer and lets the PPM discount the trajectories it judges wrong, so a judge too
-    noisy to pick one trajectory (`best_by_score`) can still move a close vote. Samples without an answer or a finite
+    The verifier-weighted vote of DiVeRSe (Li et al., 2023) and Math-Shepherd (Wang et al., 2024): it keeps the
+    vote's use of how often the policy reaches an answer and lets the PPM discount the trajectories it judges wrong,
+    so a judge too noisy to pick one trajectory (`best_by_score`) can still move a close vote. Samples without an answer or a finite
     score do not vote. Ties in total weight go to the larger group, then to the group whose first member came
     earliest. `count` is the winning group's size (not its weight); `tally` counts members per group.
     """
     if len(answers) != len(scores):
         raise ValueError("answers and scores must have the same length")
-    keyf = key if key is not None else _default_key
-    groups: dict[str, list[int]] = {}
-    weight: dict[str, float] = {}
-    for i, (a, s) in enumerate(zip(answers, scores, strict=True)):
-        if a is None or not str(a).strip() or s is None or not math.isfinite(float(s)):
-            continue
-        k = keyf(a)
-        groups.setdefault(k, []).append(i)
-        weight[k] = weight.get(k, 0.0) + score_weight(s)
-    if not groups:
-        return Vote(None, 0, 0, None, {})
-    best_key = max(groups, key=lambda k: (round(weight[k], 12), len(groups[k]), -groups[k][0]))
-    first = groups[best_key][0]
-    return Vote(
-        answer=answers[first],
-        count=len(groups[best_key]),
-        voters=sum(len(v) for v in groups.values()),
-        first_index=first,
-        tally={k: len(v) for k, v in groups.items()},
-    )
+    weights = [None if s is None or not math.isfinite(float(s)) else score_weight(s) for s in scores]
+    return _vote(answers, weights, key)
 
 
 def _default_key(answer: str) -> str:
