@@ -18,9 +18,9 @@ An `rstar eval` results file (`results.parquet` or `results.jsonl`) keeps, for e
 each against the plain search's majority vote (`mcts-plain` rows of the same file or of the files listed after it:
 same problems, same budget). A comparison is `LABEL=GUIDED[,PLAIN...]`. Rules the files already hold as rows
 (`mcts`, `mcts-topk`, `mcts-plain`) are recomputed and must reproduce the stored predictions' grades (a mismatch
-stops the script: the file was not written by these rules). Per rule: accuracy, the problems only it / only plain MCTS got right, and the two-sided exact sign
-test p over those discordant problems (how likely so lopsided a split is if the rule and plain MCTS were equally
-good on these problems; it says nothing about another seed).
+stops the script: the file was not written by these rules). Per rule: accuracy, the problems only it / only plain
+MCTS got right, and the two-sided exact sign test p over those discordant problems (how likely so lopsided a split
+is if the rule and plain MCTS were equally good on these problems; it says nothing about another seed).
 """
 
 from __future__ import annotations

@@ -182,9 +182,9 @@ def weighted_majority(answers: Sequence[str | None], scores: Sequence[float | No
 
     The verifier-weighted vote of DiVeRSe (Li et al., 2023) and Math-Shepherd (Wang et al., 2024): it keeps the
     vote's use of how often the policy reaches an answer and lets the PPM discount the trajectories it judges wrong,
-    so a judge too noisy to pick one trajectory (`best_by_score`) can still move a close vote. Samples without an answer or a finite
-    score do not vote. Ties in total weight go to the larger group, then to the group whose first member came
-    earliest. `count` is the winning group's size (not its weight); `tally` counts members per group.
+    so a judge too noisy to pick one trajectory (`best_by_score`) can still move a close vote. Samples without an
+    answer or a finite score do not vote. Ties in total weight go to the larger group, then to the group whose first
+    member came earliest. `count` is the winning group's size (not its weight); `tally` counts members per group.
     """
     if len(answers) != len(scores):
         raise ValueError("answers and scores must have the same length")
