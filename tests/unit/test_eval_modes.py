@@ -194,6 +194,7 @@ def test_weighted_majority_shares_best_of_n_samples_and_scores() -> None:
     assert (weighted.prediction, weighted.correct, weighted.votes, weighted.score) == ("5", True, 2, 0.2)
     assert weighted.answers == best.answers and weighted.scores == best.scores
     assert (policy.calls, ppm.prefixes) == (calls, scored)  # one sampling and one scoring serve both rules
+    assert weighted.wall_time_s == best.wall_time_s > 0  # and both report what they cost
     with pytest.raises(EvalError, match="PPM"):
         MODES["wmaj"]([P1], ctx_for(one_step_policy()), 4)
 

@@ -11,7 +11,9 @@ also share the samples and the PPM's scores (`ctx.cache`), so the second costs n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from rstar.eval.engine import score_texts
 from rstar.eval.metrics import ProblemResult, best_by_score, weighted_majority
@@ -19,13 +21,17 @@ from rstar.eval.modes.base import EvalContext, Grades, make_result, sample_traje
 from rstar.types import Problem
 
 
-def scored_samples(problems: Sequence[Problem], ctx: EvalContext, budget: int, mode: str) -> list[tuple[list, list]]:
-    """Per problem: `budget` sampled trajectories and their PPM scores (None where no answer); cached per run."""
+def scored_samples(
+    problems: Sequence[Problem], ctx: EvalContext, budget: int, mode: str
+) -> tuple[list[tuple[list, list]], float]:
+    """Per problem: `budget` sampled trajectories and their PPM scores (None where no answer), and each problem's
+    share of the wall time that took; cached per run, so the rule that reads them second reports the same cost."""
     key = ("scored-samples", budget, tuple(p.id for p in problems))
     if key in ctx.cache:
-        cached: list[tuple[list, list]] = ctx.cache[key]
+        cached: tuple[list[tuple[list, list]], float] = ctx.cache[key]
         return cached
     ppm = ctx.require_ppm(mode)
+    t0 = time.perf_counter()
     per_problem = sample_trajectories(problems, ctx, budget)
     answered = [(i, j) for i, trajs in enumerate(per_problem) for j, t in enumerate(trajs) if t.answer is not None]
     flat_scores = score_texts(ppm, [per_problem[i][j].text for i, j in answered], ctx.config.ppm_batch_size)
@@ -33,13 +39,14 @@ def scored_samples(problems: Sequence[Problem], ctx: EvalContext, budget: int, m
     for (i, j), s in zip(answered, flat_scores, strict=True):
         scores[i][j] = s
     out = [(list(trajs), sc) for trajs, sc in zip(per_problem, scores, strict=True)]
-    ctx.cache[key] = out
-    return out
+    ctx.cache[key] = (out, (time.perf_counter() - t0) / max(1, len(problems)))
+    return ctx.cache[key]
 
 
 def _results(problems: Sequence[Problem], ctx: EvalContext, budget: int, mode: str) -> list[ProblemResult]:
+    samples, share = scored_samples(problems, ctx, budget, mode)
     out = []
-    for p, (trajs, sc) in zip(problems, scored_samples(problems, ctx, budget, mode), strict=True):
+    for p, (trajs, sc) in zip(problems, samples, strict=True):
         answers = [t.answer for t in trajs]
         votes: int | None = None
         if mode == "bon":
@@ -61,7 +68,7 @@ def _results(problems: Sequence[Problem], ctx: EvalContext, budget: int, mode: s
                 votes=votes,
             )
         )
-    return out
+    return [replace(r, wall_time_s=share) for r in out]
 
 
 def run(problems: Sequence[Problem], ctx: EvalContext, budget: int) -> list[ProblemResult]:
