@@ -449,11 +449,15 @@ def plot(runs: list[dict[str, Any]], b: Budget, path: Path) -> None:
     plt.close(fig)
 
 
+ROUNDING = 0.02  # the most two differences of values rounded to 0.01 can disagree by
+
+
 def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
     """The acceptance numbers: per-seed gains, the spread between seeds, and whether each gain clears the spread.
 
     A gain is "shown" when every seed's gain is larger than the run-to-run spread (max - min over seeds) of the
-    compared accuracy; with one seed there is no spread and nothing is shown.
+    compared accuracy, by more than the rounding of the stored accuracies (`ROUNDING`); with one seed there is no
+    spread and nothing is shown.
     """
 
     def val(run: dict[str, Any], stage: str, key: str) -> float | None:
@@ -475,7 +479,10 @@ def summary(runs: list[dict[str, Any]], b: Budget) -> dict[str, Any]:
         if not gains:
             return
         sp = spread(stage_b, key_b)
-        out[name] = {"gains": gains, "spread": sp, "shown": sp is not None and len(gains) >= 2 and min(gains) > sp}
+        # accuracies are stored rounded to 0.01, so a gain and a spread of the same true size can read 1.67 and
+        # 1.66: a gain must clear the spread by more than their rounding (0.02) to count
+        shown = sp is not None and len(gains) >= 2 and min(gains) > sp + ROUNDING
+        out[name] = {"gains": gains, "spread": sp, "shown": shown}
 
     out: dict[str, Any] = {}
     rounds = [f"round {i}" for i in range(1, b.rounds + 1)]

@@ -59,6 +59,18 @@ def test_the_final_ppm_row_is_judged_against_the_last_rounds_plain_mcts() -> Non
     assert "ppm_vs_plain_final" not in ev.summary([_run(0, 50.0, 55.0, 62.0, 60.0, 50.0)] * 2, B)  # no such row
 
 
+def test_a_gain_equal_to_the_spread_is_not_shown_whatever_the_rounding() -> None:
+    """Accuracies are stored rounded to 0.01: 40/60 and 41/60 give a spread of 68.33 - 66.67 = 1.66 while the gain
+    39/60 -> 40/60 reads 66.67 - 65.0 = 1.67. Both are one problem of 60, so the gain does not clear the spread."""
+    runs = [_run(0, 50.0, 55.0, 62.0, 60.0, 65.0), _run(1, 52.0, 52.0, 60.0, 58.0, 65.0)]
+    for run, topk in zip(runs, (66.67, 68.33), strict=True):
+        run["rows"][-1]["mcts-topk@3"] = topk
+    s = ev.summary(runs, B)
+    assert s["ppm_topk_vs_plain_round2"] == {"gains": [1.67, 3.33], "spread": 1.66, "shown": False}
+    runs[1]["rows"][-1]["mcts-topk@3"] = 68.0  # a real margin: 1.67 > 1.33
+    assert ev.summary(runs, B)["ppm_topk_vs_plain_round2"]["shown"] is True
+
+
 def test_evaluate_refuses_a_mode_set_it_does_not_plan(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modes"):
         ev._evaluate("fake:oracle", None, [], [], B, tmp_path, 0, modes=("maj",))
