@@ -18,6 +18,11 @@ plain MCTS got right. Prints the table; `--json` writes it.
 run's PPM settings) on the preference pairs of the given rounds together, one epoch over all of them, to see whether
 more pairs (e.g. `--train-ppm 1,2`, the pairs a round-2 PPM could have had) make a PPM that beats the vote.
 `--ppm-spec NAME=SPEC` adds any other PPM, e.g. the one `bench/ppm_probe.py` trains on pairs from many more problems.
+
+`--heldout-offset M --heldout N` evaluates problems M .. M+N of the world's held-out *stream*: the held-out split is
+the head of a stream the world generator draws first, so asking past the split draws the same stream further
+(`heldout_problems`), for an evaluation on more problems than the run's split without touching it; a drawn problem
+that is in any problem file of the world folder (train, seed, a PPM-only round's) is skipped and counted.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ def model_spec(round_idx: int, kind: str) -> str:
 RULES = {
     "mcts": "highest score, PPM {ppm}",
     "mcts-topk": "majority of the top-k by PPM {ppm}",
+    "mcts-wmaj": "PPM-weighted vote, PPM {ppm}",
     "mcts-plain": "majority (plain MCTS)",
 }
 
@@ -80,6 +86,55 @@ def shown(where: Path | str | None) -> str | None:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return text
+
+
+def heldout_problems(world_dir: Path, offset: int, n: int) -> tuple[list[Any], int]:
+    """Problems `offset .. offset+n` of the world's held-out stream, and how many drawn problems were skipped.
+
+    `generate_world` draws the held-out split first, from its own seeded stream, so a world grown to more held-out
+    problems starts with exactly the run's split (checked: SystemExit otherwise) and continues the stream. Past the
+    split, a problem whose question is in any problem file of `world_dir` (the run's train and seed splits, a PPM-only
+    round's problems) is skipped, since the run trained on it.
+    """
+    from rstar.data.problems import load_problems
+    from rstar.data.world import WorldConfig, generate_world
+
+    if offset < 0 or n < 1:
+        raise SystemExit(f"--heldout-offset must be >= 0 and --heldout >= 1, got {offset} and {n}")
+    split, _ = load_problems(world_dir / "heldout.jsonl")
+    if offset + n <= len(split):
+        return list(split[offset : offset + n]), 0
+    taken: set[str] = set()
+    for f in sorted(world_dir.glob("*.jsonl")):
+        if f.name == "heldout.jsonl":
+            continue
+        for line in f.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if isinstance(row.get("question"), str) and "answer" in row:  # problem files (not SFT solutions)
+                taken.add(row["question"])
+    config = json.loads((world_dir / "world.json").read_text())["config"]
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    size = offset + n
+    while True:
+        stream = generate_world(WorldConfig(**{**cfg, "heldout": size})).heldout
+        if [p.question for p in stream[: len(split)]] != [p.question for p in split]:
+            raise SystemExit("the grown world's held-out stream does not start with the run's split: refusing")
+        kept, skipped = list(split), 0
+        for p in stream[len(split) :]:
+            if len(kept) == offset + n:
+                break
+            if p.question in taken:
+                skipped += 1
+            else:
+                kept.append(p.to_problem("heldout"))
+        if len(kept) == offset + n or len(stream) < size:  # enough, or the generator ran out of distinct problems
+            break
+        size *= 2
+    if len(kept) < offset + n:
+        raise SystemExit(
+            f"the held-out stream has only {len(kept)} problems not in {world_dir}; asked for {offset + n}"
+        )
+    return kept[offset:], skipped
 
 
 def run_budget(path: Path | None) -> Any:
@@ -113,6 +168,8 @@ def add_paired(cells: list[dict[str, Any]]) -> None:
     The paired view of an accuracy difference: +7 problems from 10 wins and 3 losses is stronger evidence than +7
     from 20 and 13, which the two accuracies alone cannot tell apart.
     """
+    from bench.answer_rules import sign_test
+
     plain = {c["policy_round"]: c["correct"] for c in cells if c["rule"] == "mcts-plain"}
     for c in cells:
         base = plain.get(c["policy_round"])
@@ -120,6 +177,7 @@ def add_paired(cells: list[dict[str, Any]]) -> None:
             continue
         c["only_this_right"] = sum(a and not b for a, b in zip(c["correct"], base, strict=True))
         c["only_plain_right"] = sum(b and not a for a, b in zip(c["correct"], base, strict=True))
+        c["sign_p"] = round(sign_test(c["only_this_right"], c["only_plain_right"]), 3)
 
 
 def train_like(pairs: Any, config: dict[str, Any], backbone: Path, out: Path, seed: int) -> dict[str, Any]:
@@ -154,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, required=True, help="the run's seed (the search's sampling seed)")
     ap.add_argument("--policies", type=int, nargs="+", default=[2, 3], help="policy rounds")
     ap.add_argument("--ppms", type=int, nargs="*", default=[2, 3], help="PPM rounds (plain MCTS is always run)")
-    ap.add_argument("--heldout", type=int, default=60, help="the first N held-out problems")
+    ap.add_argument("--heldout", type=int, default=60, help="N held-out problems (past the split: the stream's)")
+    ap.add_argument("--heldout-offset", type=int, default=0, help="skip the first M of the held-out stream")
     ap.add_argument("--budget-json", type=Path, default=None, help="the run's bench/evolution.py JSON (its settings)")
     ap.add_argument("--budget", type=int, default=None, help="rollouts per problem (default: the run's mcts_budget)")
     ap.add_argument("--train-ppm", default=None, metavar="ROUNDS", help="also train a PPM on these rounds' pairs (1,2)")
@@ -167,13 +226,13 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["RSTAR_HOME"] = str(args.run)
     os.environ["RSTAR_MLFLOW_TRACKING_URI"] = "off"
-    from rstar.data.problems import load_problems
     from rstar.eval.runner import evaluate
     from rstar.models.registry import load_policy, load_reward_model
     from tasks.common import shared_executor
 
-    held, _ = load_problems(args.world / "heldout.jsonl")
-    held = held[: args.heldout]
+    held, skipped = heldout_problems(args.world, args.heldout_offset, args.heldout)
+    if skipped:
+        print(f"held-out stream: skipped {skipped} problems that are in a problem file of {args.world}", flush=True)
     from bench.evolution import eval_config
 
     b = run_budget(args.budget_json)
@@ -200,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(model_spec(pol, "policy"))
         for ppm, ppm_spec in ppms.items():
             t0 = time.perf_counter()
-            modes = ("mcts", "mcts-topk") if ppm is not None else ("mcts-plain",)  # one tree, both answer rules
+            # one PPM-guided tree, three answer rules
+            modes = ("mcts", "mcts-topk", "mcts-wmaj") if ppm is not None else ("mcts-plain",)
             rep = evaluate(
                 policy,
                 {"heldout": held},
@@ -243,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     for c in cells:
         rule = RULES[c["rule"]].format(ppm=c["ppm_round"])
         rank = "" if c["ranking_accuracy"] is None else f"{c['ranking_accuracy']:.2f}"
-        paired = "" if c.get("only_this_right") is None else f"{c['only_this_right']} / {c['only_plain_right']}"
+        paired = (
+            ""
+            if c.get("only_this_right") is None
+            else f"{c['only_this_right']} / {c['only_plain_right']} (sign p {c['sign_p']:.2f})"
+        )
         lines.append(
             f"| round {c['policy_round']} | {rule} | {c['accuracy']:.1f} | {c['covered']} of {len(held)} | "
             f"{c['answers_per_tree']} | {c['mixed']} | {c['chosen_right']} | {c['most_frequent_right']} | {rank} "
@@ -257,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             "budget_json": shown(args.budget_json),
             "seed": args.seed,
             "heldout": len(held),
+            "heldout_offset": args.heldout_offset,
+            "heldout_skipped": skipped,
             "budget": args.budget,
             "search": dataclasses.asdict(cfg),
             "ppm_specs": {str(k): shown(v) for k, v in ppms.items() if k is not None},

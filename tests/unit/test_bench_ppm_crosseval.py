@@ -58,6 +58,7 @@ def test_add_paired_counts_the_problems_only_one_rule_got_right() -> None:
     ]
     xe.add_paired(cells)
     assert (cells[0]["only_this_right"], cells[0]["only_plain_right"]) == (2, 1)
+    assert cells[0]["sign_p"] == 1.0  # two of three discordant problems: no evidence either way
     assert "only_this_right" not in cells[1] and "only_this_right" not in cells[2]
 
 
@@ -71,3 +72,50 @@ def test_result_paths_are_recorded_relative_to_the_repository(tmp_path: Path) ->
     assert xe.shown("hf:relative/ppm") == "hf:relative/ppm"
     assert xe.shown(f"file://{inside}") == f"file://{inside}"  # a URI is not rewritten into a half-relative one
     assert xe.shown(None) is None
+
+
+def _world(tmp_path: Path) -> Path:
+    from rstar.data.world import WorldConfig, generate_world, write_world
+
+    write_world(generate_world(WorldConfig(seed=3, train=12, heldout=6, seed_sft=4)), tmp_path)
+    return tmp_path
+
+
+def test_heldout_problems_inside_the_split_are_the_split(tmp_path: Path) -> None:
+    from rstar.data.problems import load_problems
+
+    world = _world(tmp_path)
+    split, _ = load_problems(world / "heldout.jsonl")
+    assert xe.heldout_problems(world, 0, 6) == (split, 0)
+    assert xe.heldout_problems(world, 2, 3) == (split[2:5], 0)
+
+
+def test_heldout_problems_past_the_split_continue_its_stream_without_trained_problems(tmp_path: Path) -> None:
+    from rstar.data.problems import load_problems, write_problems_jsonl
+    from rstar.data.world import WorldConfig, generate_world
+
+    world = _world(tmp_path)
+    split, _ = load_problems(world / "heldout.jsonl")
+    stream = [p.to_problem("heldout") for p in generate_world(WorldConfig(seed=3, heldout=30)).heldout]
+    got, skipped = xe.heldout_problems(world, 4, 10)
+    assert got[:2] == split[4:6] and skipped == 0  # the split's tail, then the stream's next problems in order
+    assert [p.question for p in got[2:]] == [p.question for p in stream[6:14]]
+    # a PPM-only round's problem file claims two of them: they are skipped, counted, and the stream fills the gap
+    write_problems_jsonl([stream[7], stream[9]], world / "final_ppm_2.jsonl")
+    got2, skipped2 = xe.heldout_problems(world, 4, 10)
+    assert skipped2 == 2 and len(got2) == 10
+    trained = {p.question for f in ("train", "seed", "final_ppm_2") for p in load_problems(world / f"{f}.jsonl")[0]}
+    assert not trained & {p.question for p in got2}
+    assert [p.question for p in got2[2:]] == [p.question for p in stream[6:16] if p not in (stream[7], stream[9])]
+
+
+def test_heldout_problems_refuse_a_split_the_stream_does_not_start_with(tmp_path: Path) -> None:
+    from rstar.data.problems import load_problems, write_problems_jsonl
+
+    world = _world(tmp_path)
+    split, _ = load_problems(world / "heldout.jsonl")
+    write_problems_jsonl(list(reversed(split)), world / "heldout.jsonl")
+    with pytest.raises(SystemExit, match="does not start with the run's split"):
+        xe.heldout_problems(world, 0, 8)
+    with pytest.raises(SystemExit, match="--heldout-offset must be >= 0"):
+        xe.heldout_problems(world, -1, 8)
