@@ -104,19 +104,18 @@ def heldout_problems(world_dir: Path, offset: int, n: int) -> tuple[list[Any], i
     split, _ = load_problems(world_dir / "heldout.jsonl")
     if offset + n <= len(split):
         return list(split[offset : offset + n]), 0
-    taken: set[str] = set()
-    for f in sorted(world_dir.glob("*.jsonl")):
-        if f.name == "heldout.jsonl":
-            continue
-        for line in f.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if isinstance(row.get("question"), str) and "answer" in row:  # problem files (not SFT solutions)
-                taken.add(row["question"])
+    taken = problem_questions(world_dir, skip=("heldout.jsonl",))
     config = json.loads((world_dir / "world.json").read_text())["config"]
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    # only the held-out stream is needed; it is drawn first, so the other splits' sizes do not change it
+    cfg = {**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}, "train": 0, "seed_sft": 0}
     size = offset + n
     while True:
-        stream = generate_world(WorldConfig(**{**cfg, "heldout": size})).heldout
+        try:
+            stream = generate_world(WorldConfig(**{**cfg, "heldout": size})).heldout
+        except RuntimeError as err:  # the generator has no more distinct problems
+            raise SystemExit(
+                f"the held-out stream cannot give {offset + n} problems not in {world_dir}: {err}"
+            ) from err
         if [p.question for p in stream[: len(split)]] != [p.question for p in split]:
             raise SystemExit("the grown world's held-out stream does not start with the run's split: refusing")
         kept, skipped = list(split), 0
@@ -127,14 +126,22 @@ def heldout_problems(world_dir: Path, offset: int, n: int) -> tuple[list[Any], i
                 skipped += 1
             else:
                 kept.append(p.to_problem("heldout"))
-        if len(kept) == offset + n or len(stream) < size:  # enough, or the generator ran out of distinct problems
-            break
+        if len(kept) == offset + n:
+            return kept[offset:], skipped
         size *= 2
-    if len(kept) < offset + n:
-        raise SystemExit(
-            f"the held-out stream has only {len(kept)} problems not in {world_dir}; asked for {offset + n}"
-        )
-    return kept[offset:], skipped
+
+
+def problem_questions(world_dir: Path, skip: tuple[str, ...] = ()) -> set[str]:
+    """The questions of every problem file in `world_dir` (rows with a question and an answer; not SFT solutions)."""
+    taken: set[str] = set()
+    for f in sorted(world_dir.glob("*.jsonl")):
+        if f.name in skip:
+            continue
+        for line in f.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if isinstance(row.get("question"), str) and "answer" in row:
+                taken.add(row["question"])
+    return taken
 
 
 def run_budget(path: Path | None) -> Any:

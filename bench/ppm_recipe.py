@@ -79,17 +79,13 @@ def drop_same_program_steps(pairs: Any) -> Any:
 
 def validation_problems(world_dir: Path, offset: int, n: int) -> list[Any]:
     """Problems `offset .. offset+n` of the world's fresh stream; SystemExit if any is in a file of `world_dir`."""
+    from bench.ppm_crosseval import problem_questions
     from bench.ppm_probe import fresh_problems
 
     if offset < 0 or n < 1:
         raise SystemExit(f"--offset must be >= 0 and --validation >= 1, got {offset} and {n}")
     new = fresh_problems(world_dir, offset + n)[offset:]
-    taken: set[str] = set()
-    for f in sorted(world_dir.glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if isinstance(row.get("question"), str) and "answer" in row:  # problem files (not SFT solutions)
-                taken.add(row["question"])
+    taken = problem_questions(world_dir)
     clash = [p.question for p in new if p.question in taken]
     if clash:
         raise SystemExit(f"{len(clash)} validation problems are in a file of {world_dir} (first: {clash[0]!r})")
