@@ -105,9 +105,8 @@ def heldout_problems(world_dir: Path, offset: int, n: int) -> tuple[list[Any], i
     if offset + n <= len(split):
         return list(split[offset : offset + n]), 0
     taken = problem_questions(world_dir, skip=("heldout.jsonl",))
-    config = json.loads((world_dir / "world.json").read_text())["config"]
     # only the held-out stream is needed; it is drawn first, so the other splits' sizes do not change it
-    cfg = {**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}, "train": 0, "seed_sft": 0}
+    cfg = {**world_config(world_dir), "train": 0, "seed_sft": 0}
     size = offset + n
     while True:
         try:
@@ -129,6 +128,12 @@ def heldout_problems(world_dir: Path, offset: int, n: int) -> tuple[list[Any], i
         if len(kept) == offset + n:
             return kept[offset:], skipped
         size *= 2
+
+
+def world_config(world_dir: Path) -> dict[str, Any]:
+    """The `WorldConfig` fields a world folder was generated with (its `world.json`; lists back to tuples)."""
+    config = json.loads((world_dir / "world.json").read_text())["config"]
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
 def problem_questions(world_dir: Path, skip: tuple[str, ...] = ()) -> set[str]:

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from bench.ppm_crosseval import shown  # noqa: E402  (after the path insert: the bench runs as a script)
+from bench.ppm_crosseval import shown, world_config  # noqa: E402  (after the path insert: the bench runs as a script)
 
 
 def fresh_problems(world_dir: Path, n: int) -> list[Any]:
@@ -41,9 +41,7 @@ def fresh_problems(world_dir: Path, n: int) -> list[Any]:
     from rstar.data.problems import load_problems
     from rstar.data.world import WorldConfig, generate_world
 
-    summary = json.loads((world_dir / "world.json").read_text())
-    cfg = dict(summary["config"])
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    cfg = world_config(world_dir)
     seen = {
         p.question for split in ("train", "seed", "heldout") for p in load_problems(world_dir / f"{split}.jsonl")[0]
     }
