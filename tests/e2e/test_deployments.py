@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e import test_stack_shared as shared
@@ -69,10 +68,10 @@ def test_a_run_with_invalid_parameters_is_rejected_before_any_worker_sees_it(
     dep = live_stack.deployment("evolution-round", "evolution-round")
     bad = {k: v for k, v in {**live_stack.round_params(), **change}.items() if v is not None}
     before = len(deployment_runs(live_stack, dep["id"]))
-    resp = httpx.post(
-        f"{live_stack.api}/deployments/{dep['id']}/create_flow_run",
-        json={"parameters": {"params": bad}, "state": {"type": "SCHEDULED"}},
-        timeout=30,
+    resp = live_stack.send(
+        "POST",
+        f"/deployments/{dep['id']}/create_flow_run",
+        {"parameters": {"params": bad}, "state": {"type": "SCHEDULED"}},
     )
     assert resp.status_code == 409, resp.text
     assert expected in resp.json()["detail"]
