@@ -40,10 +40,6 @@ _SCRIPT = Path(sys.executable).with_name("rstar")
 RSTAR = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "infra.cli"]
 START_TIMEOUT_S = 420
 RUN_TIMEOUT_S = 420
-# The status codes Prefect's client retries (`PrefectHttpxAsyncClient.send`), and how often / how patiently.
-RETRY_CODES = frozenset({408, 429, 502, 503})
-RETRY_ATTEMPTS = 6
-RETRY_PAUSE_S = 0.5
 
 # The cheapest round the flow accepts: a scripted policy, two tiny training steps, two evaluation problems.
 SEARCH = {"rollouts": 3, "candidates": 2, "extra": {"extra_rollouts_if_unsolved": 0, "max_depth": 4}}
@@ -112,19 +108,15 @@ class LiveStack:
     # ------------------------------------------------------------------ REST helpers (what the UI calls)
 
     def send(self, method: str, path: str, body: Any = None, timeout: float = 30) -> httpx.Response:
-        """One API request, retried like Prefect's own client does (`prefect.client.base`): on 408, 429, 502 and
-        503 with a growing pause. The server answers 503 "Service Unavailable" when its SQLite database is busy
-        (`is_client_retryable_exception`), which happens on a loaded 2-core machine while the scheduler and the
-        worker write; the UI and every Prefect client retry it, so a test that did not would fail on load, not
-        on a defect. Any other status comes back at once."""
-        import httpx
+        """One API request through Prefect's own HTTP client, which retries 408, 429, 502 and 503 with a growing
+        pause (`PREFECT_CLIENT_MAX_RETRIES` times). The server answers 503 "Service Unavailable" when its SQLite
+        database is busy (`is_client_retryable_exception`), which happens on a loaded 2-core machine while the
+        scheduler and the worker write; the UI and every Prefect client retry it, so a test that did not would
+        fail on load, not on a defect. Any other status comes back at once, unraised."""
+        from prefect.client.base import PrefectHttpxSyncClient
 
-        for attempt in range(RETRY_ATTEMPTS):
-            resp = httpx.request(method, f"{self.api}{path}", json=body, timeout=timeout)
-            if resp.status_code not in RETRY_CODES or attempt == RETRY_ATTEMPTS - 1:
-                return resp
-            time.sleep(min(RETRY_PAUSE_S * 2**attempt, 10.0))
-        raise AssertionError("unreachable")
+        with PrefectHttpxSyncClient(base_url=self.api, timeout=timeout, raise_on_all_errors=False) as client:
+            return client.request(method, path, json=body)
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         resp = self.send(method, path, body, timeout)
