@@ -34,6 +34,16 @@ def default_responder(prompt: str, index: int, seed: int | None) -> str:
     return f"# Step: add {a} and {b}\nx = {a} + {b}\n<end_of_step>\nthis text is after the stop"
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+    """Answer the handler's request with `payload` as JSON and an exact Content-Length (keep-alive safe)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class OpenAIStub:
     """See the module docstring."""
 
@@ -65,12 +75,7 @@ class OpenAIStub:
                 pass
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":

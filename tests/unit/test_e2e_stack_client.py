@@ -20,6 +20,7 @@ import pytest
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 
 from tests.e2e import test_stack_shared as shared
+from tests.helpers.openai_stub import send_json
 
 
 @dataclass
@@ -45,13 +46,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
             size = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(size)) if size else None
             scripted.requests.append((self.command, self.path, body))
-            status, payload = scripted.answers.pop(0)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, *scripted.answers.pop(0))
 
         do_GET = do_POST = do_DELETE = answer
 
